@@ -1,0 +1,100 @@
+//! `[general]`: process-wide settings. Defaults live in
+//! [`General::default`]; ranges are the constants below.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+
+use toml::{Table, Value};
+
+use super::model::{auto_workers, General, MAX_WORKERS};
+use super::walk::{expected, in_range, quote_value, Ctx, Reader};
+
+/// Accepted pool sizes, here and in `[[users]]`.
+pub(super) const POOL_SIZE_RANGE: RangeInclusive<u32> = 1..=10_000;
+/// Longest timeout or lifetime accepted: 30 days, far below what would
+/// overflow an `Instant`.
+pub(super) const MAX_DURATION_MS: u64 = 30 * 24 * 3_600_000;
+/// 1 KiB ..= 1 GiB (Postgres's own limit for a message).
+pub(super) const MESSAGE_SIZE_RANGE: RangeInclusive<u32> = 1024..=1 << 30;
+pub(super) const MAX_CLIENT_CONNECTIONS: u32 = 1_000_000;
+pub(super) const MAX_PREPARED_STATEMENTS_CACHE_SIZE: u32 = 100_000;
+
+/// Reads `[general]` (`table` is `None` when the section is absent). Wrong
+/// values are reported and replaced by their defaults, so that the checks
+/// that follow still run.
+pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
+    let empty = Table::new();
+    let mut r = Reader::new(table.unwrap_or(&empty), "general");
+    let d = General::default();
+    let positive_ms = 1..=MAX_DURATION_MS;
+    let any_ms = 0..=MAX_DURATION_MS;
+    let general = General {
+        listen: listen(&mut r, ctx).unwrap_or(d.listen),
+        workers: workers(&mut r, ctx).unwrap_or(d.workers),
+        pool_mode: r.choice(ctx, "pool_mode").unwrap_or(d.pool_mode),
+        default_pool_size: r.uint(ctx, "default_pool_size", POOL_SIZE_RANGE).unwrap_or(d.default_pool_size),
+        checkout_timeout_ms: r
+            .uint(ctx, "checkout_timeout_ms", positive_ms.clone())
+            .unwrap_or(d.checkout_timeout_ms),
+        server_connect_timeout_ms: r
+            .uint(ctx, "server_connect_timeout_ms", positive_ms.clone())
+            .unwrap_or(d.server_connect_timeout_ms),
+        server_idle_timeout_ms: r
+            .uint(ctx, "server_idle_timeout_ms", any_ms.clone())
+            .unwrap_or(d.server_idle_timeout_ms),
+        server_lifetime_ms: r.uint(ctx, "server_lifetime_ms", any_ms.clone()).unwrap_or(d.server_lifetime_ms),
+        client_login_timeout_ms: r
+            .uint(ctx, "client_login_timeout_ms", positive_ms)
+            .unwrap_or(d.client_login_timeout_ms),
+        shutdown_timeout_ms: r.uint(ctx, "shutdown_timeout_ms", any_ms).unwrap_or(d.shutdown_timeout_ms),
+        max_message_size: r.uint(ctx, "max_message_size", MESSAGE_SIZE_RANGE).unwrap_or(d.max_message_size),
+        max_client_connections: r
+            .uint(ctx, "max_client_connections", 1..=MAX_CLIENT_CONNECTIONS)
+            .unwrap_or(d.max_client_connections),
+        prepared_statements_cache_size: r
+            .uint(ctx, "prepared_statements_cache_size", 0..=MAX_PREPARED_STATEMENTS_CACHE_SIZE)
+            .unwrap_or(d.prepared_statements_cache_size),
+        auth_method: r.choice(ctx, "auth_method").unwrap_or(d.auth_method),
+        log_level: r.choice(ctx, "log_level").unwrap_or(d.log_level),
+    };
+    r.finish(ctx);
+    general
+}
+
+/// `listen`: an `ip:port` (port 0 lets the OS choose, for tests).
+fn listen(r: &mut Reader<'_>, ctx: &mut Ctx<'_>) -> Option<SocketAddr> {
+    let text = r.string(ctx, "listen")?;
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            let message = format!(
+                "expected an address \"ip:port\" such as \"127.0.0.1:6432\" or \
+                 \"[::1]:6432\", found {}",
+                quote_value(&text)
+            );
+            ctx.error(&r.path_of("listen"), message);
+            None
+        }
+    }
+}
+
+/// `workers`: `"auto"` or an integer in `1..=MAX_WORKERS`.
+fn workers(r: &mut Reader<'_>, ctx: &mut Ctx<'_>) -> Option<usize> {
+    let path = r.path_of("workers");
+    let expectation = format!("\"auto\" or an integer between 1 and {MAX_WORKERS}");
+    match r.get(ctx, "workers")? {
+        Value::Integer(n) => in_range(ctx, &path, *n, 1..=MAX_WORKERS).map(usize::from),
+        Value::String(raw) => {
+            let text = ctx.expand(&path, raw)?;
+            if text == "auto" {
+                return Some(auto_workers());
+            }
+            ctx.error(&path, format!("expected {expectation}, found string {}", quote_value(&text)));
+            None
+        }
+        other => {
+            ctx.error(&path, expected(&expectation, other, false));
+            None
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The validated configuration: plain data, every default filled in, every
+//! value checked. Built only by [`super::parse`]; the runtime builds its
+//! snapshots from it.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::walk::Choice;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub general: General,
+    /// At least one; names are unique.
+    pub databases: Vec<Database>,
+    /// At least one; names are unique.
+    pub users: Vec<User>,
+}
+
+impl Config {
+    /// The pool size for `user`'s pools: its own `pool_size`, else
+    /// `general.default_pool_size`.
+    pub fn pool_size(&self, user: &User) -> u32 {
+        user.pool_size.unwrap_or(self.general.default_pool_size)
+    }
+
+    /// The pool mode for `user`: its own `pool_mode`, else `general.pool_mode`.
+    pub fn pool_mode(&self, user: &User) -> PoolMode {
+        user.pool_mode.unwrap_or(self.general.pool_mode)
+    }
+
+    /// The database clients know as `name`.
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The user clients log in as `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// `[general]`: process-wide settings. See `config/pgwarden.toml` for what
+/// each one does and why you would change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct General {
+    pub listen: SocketAddr,
+    /// Data shards (one io_uring executor per core); `"auto"` resolved.
+    pub workers: usize,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: u32,
+    pub checkout_timeout_ms: u64,
+    pub server_connect_timeout_ms: u64,
+    /// 0 = never.
+    pub server_idle_timeout_ms: u64,
+    /// 0 = never.
+    pub server_lifetime_ms: u64,
+    pub client_login_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub max_message_size: u32,
+    pub max_client_connections: u32,
+    /// Per server connection; 0 disables prepared statement tracking.
+    pub prepared_statements_cache_size: u32,
+    /// The default for users that do not set `auth`.
+    pub auth_method: AuthMethod,
+    pub log_level: LogLevel,
+}
+
+impl Default for General {
+    /// The documented defaults (`workers` resolved as for `"auto"`).
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            workers: auto_workers(),
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            checkout_timeout_ms: 5_000,
+            server_connect_timeout_ms: 5_000,
+            server_idle_timeout_ms: 600_000,
+            server_lifetime_ms: 3_600_000,
+            client_login_timeout_ms: 15_000,
+            shutdown_timeout_ms: 30_000,
+            max_message_size: 1 << 30,
+            max_client_connections: 10_000,
+            prepared_statements_cache_size: 500,
+            auth_method: AuthMethod::ScramSha256,
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+/// Most data shards `workers` may ask for.
+pub const MAX_WORKERS: u16 = 1024;
+
+/// What `workers = "auto"` means: one shard per available core (at most
+/// [`MAX_WORKERS`]).
+pub fn auto_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(usize::from(MAX_WORKERS))
+}
+
+/// `[[databases]]`: a database clients may name, and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    /// The name clients connect to.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The name on the server; defaults to `name`.
+    pub database_name: String,
+}
+
+/// `[[users]]`: a user clients may log in as, and the role it uses on the
+/// server. `Debug` shows no password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    /// Plaintext, `SCRAM-SHA-256$...` or `md5<32 hex>`; `None` only with
+    /// `auth = "trust"`. See [`super::PasswordKind`].
+    pub password: Option<String>,
+    /// Key `auth`; defaults to `general.auth_method`.
+    pub auth_method: AuthMethod,
+    /// The role on the server; defaults to `name`.
+    pub server_user: String,
+    /// Defaults to `password`.
+    pub server_password: Option<String>,
+    /// `None`: `general.default_pool_size` (see [`Config::pool_size`]).
+    pub pool_size: Option<u32>,
+    /// `None`: `general.pool_mode` (see [`Config::pool_mode`]).
+    pub pool_mode: Option<PoolMode>,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .field("auth_method", &self.auth_method)
+            .field("server_user", &self.server_user)
+            .field("server_password", &self.server_password.as_ref().map(|_| Redacted))
+            .field("pool_size", &self.pool_size)
+            .field("pool_mode", &self.pool_mode)
+            .finish()
+    }
+}
+
+/// Stands in for a secret in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How long a server connection stays bound to one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolMode {
+    /// From a transaction's first message until ReadyForQuery says idle.
+    Transaction,
+    /// For the client's whole session.
+    Session,
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    ScramSha256,
+    Md5,
+    /// Cleartext password (use only over TLS).
+    Plain,
+    /// No password at all.
+    Trust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Choice for PoolMode {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("transaction", Self::Transaction), ("session", Self::Session)];
+}
+
+impl Choice for AuthMethod {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("scram-sha-256", Self::ScramSha256),
+        ("md5", Self::Md5),
+        ("plain", Self::Plain),
+        ("trust", Self::Trust),
+    ];
+}
+
+impl Choice for LogLevel {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("error", Self::Error),
+        ("warn", Self::Warn),
+        ("info", Self::Info),
+        ("debug", Self::Debug),
+        ("trace", Self::Trace),
+    ];
+}
+
+/// The spelling of `value` in the configuration file.
+fn spelling<T: Choice + PartialEq>(value: T) -> &'static str {
+    T::CHOICES.iter().find(|(_, v)| *v == value).map_or("?", |(name, _)| name)
+}
+
+macro_rules! config_spelling {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// The value as written in the configuration file.
+            pub fn as_str(self) -> &'static str {
+                spelling(self)
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+config_spelling!(PoolMode, AuthMethod, LogLevel);

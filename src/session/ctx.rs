@@ -1,0 +1,350 @@
+//! State a session reaches: [`Shared`] across shards (immutable after
+//! start-up except for atomics and login-path mutexes) and [`ShardCtx`],
+//! owned by one shard and never touched by another thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::auth::{ScramCredential, ScramSecret, Secret};
+use crate::config::{Config, PoolMode};
+use crate::pool::{Checkout, PoolShared, PoolSlice};
+use crate::session::cancel::CancelRegistry;
+use crate::session::prepared::Registry;
+use crate::session::server::{ServerConn, ServerLogin};
+use crate::session::SessionError;
+
+/// How often a waiting client re-checks the pool besides being woken (a
+/// connection may have been freed on another shard).
+const POOL_RECHECK: Duration = Duration::from_millis(10);
+
+/// Idle time after which a pooled connection is checked for a closed
+/// socket before it is lent out.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// One pool: a (user, database) pair.
+#[derive(Debug)]
+pub struct PoolDef {
+    pub user: String,
+    pub database: String,
+    pub mode: PoolMode,
+    pub shared: Arc<PoolShared>,
+    pub login: ServerLogin,
+}
+
+/// Process-wide state, shared by all shards.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub pools: Vec<PoolDef>,
+    /// Pool index by (user, database).
+    pub pool_index: HashMap<(String, String), usize>,
+    /// Server addresses, indexed by `ServerLogin::target`.
+    pub targets: Vec<SocketAddr>,
+    pub cancel: CancelRegistry,
+    pub shutdown: AtomicBool,
+    /// SCRAM keys recovered from client logins, for users whose server
+    /// password is configured only as a SCRAM secret.
+    pub scram_keys: Mutex<HashMap<String, ScramCredential>>,
+    /// SCRAM secrets derived once at start-up for users configured with a
+    /// plaintext password (PBKDF2 costs milliseconds: never per login).
+    pub scram_for_plain: HashMap<String, ScramSecret>,
+    pub shards: usize,
+}
+
+impl Shared {
+    /// Builds pools for every (user, database) pair of the config.
+    pub fn new(config: Arc<Config>, shards: usize) -> Result<Shared, String> {
+        let mut targets: Vec<SocketAddr> = Vec::new();
+        let mut pools = Vec::new();
+        let mut pool_index = HashMap::new();
+        let g = &config.general;
+        for db in &config.databases {
+            let addr = crate::net::resolve(&db.host, db.port)
+                .map_err(|e| format!("databases: cannot resolve {}:{}: {e}", db.host, db.port))?;
+            let target = match targets.iter().position(|t| *t == addr) {
+                Some(i) => i,
+                None => {
+                    targets.push(addr);
+                    targets.len() - 1
+                }
+            } as u32;
+            for user in &config.users {
+                let password =
+                    user.server_password.as_deref().or(user.password.as_deref()).map(Secret::parse);
+                let login = ServerLogin {
+                    addr,
+                    target,
+                    database: db.database_name.clone(),
+                    user: user.server_user.clone(),
+                    password,
+                    scram_keys: None,
+                    connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
+                };
+                pool_index.insert((user.name.clone(), db.name.clone()), pools.len());
+                pools.push(PoolDef {
+                    user: user.name.clone(),
+                    database: db.name.clone(),
+                    mode: config.pool_mode(user),
+                    shared: Arc::new(PoolShared::new(config.pool_size(user), shards)),
+                    login,
+                });
+            }
+        }
+        let mut scram_for_plain = HashMap::new();
+        for user in &config.users {
+            if let Some(Secret::Plain(p)) = user.password.as_deref().map(Secret::parse) {
+                let s = ScramSecret::for_plain(&p).map_err(|e| format!("users: {}: {e}", user.name))?;
+                scram_for_plain.insert(user.name.clone(), s);
+            }
+        }
+        Ok(Shared {
+            scram_for_plain,
+            config,
+            pools,
+            pool_index,
+            targets,
+            cancel: CancelRegistry::new(shards),
+            shutdown: AtomicBool::new(false),
+            scram_keys: Mutex::new(HashMap::new()),
+            shards,
+        })
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// One shard's state. Lives in an `Rc`; never crosses threads.
+pub struct ShardCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    slices: RefCell<Vec<Option<PoolSlice<ServerConn>>>>,
+    pub registry: RefCell<Registry>,
+    waiters: RefCell<HashMap<u64, Option<Waker>>>,
+    woken: RefCell<HashSet<u64>>,
+    next_id: Cell<u64>,
+    pub cancel_counter: Cell<u32>,
+    shutdown_wakers: RefCell<HashMap<u64, Waker>>,
+    pub clients: Cell<usize>,
+}
+
+impl ShardCtx {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<ShardCtx> {
+        let n = shared.pools.len();
+        Rc::new(ShardCtx {
+            id,
+            shared,
+            slices: RefCell::new((0..n).map(|_| None).collect()),
+            registry: RefCell::new(Registry::default()),
+            waiters: RefCell::new(HashMap::new()),
+            woken: RefCell::new(HashSet::new()),
+            next_id: Cell::new(0),
+            cancel_counter: Cell::new(0),
+            shutdown_wakers: RefCell::new(HashMap::new()),
+            clients: Cell::new(0),
+        })
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.set(self.next_id.get() + 1);
+        self.next_id.get()
+    }
+
+    /// Runs `f` on this shard's slice of pool `idx`, creating it lazily.
+    pub fn with_slice<R>(&self, idx: usize, f: impl FnOnce(&mut PoolSlice<ServerConn>) -> R) -> R {
+        let mut slices = self.slices.borrow_mut();
+        let slot = &mut slices[idx];
+        let slice = slot.get_or_insert_with(|| PoolSlice::new(self.shared.pools[idx].shared.clone()));
+        f(slice)
+    }
+
+    /// Gets a server connection from pool `idx` within the checkout timeout.
+    pub async fn checkout(&self, idx: usize) -> Result<ServerConn, SessionError> {
+        let timeout = Duration::from_millis(self.shared.config.general.checkout_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        let id = self.next_id();
+        loop {
+            match self.with_slice(idx, |s| s.checkout(id)) {
+                Checkout::Idle(conn) => match self.usable(conn) {
+                    Some(conn) => return Ok(conn),
+                    None => {
+                        self.with_slice(idx, |s| s.closed());
+                        continue;
+                    }
+                },
+                Checkout::Open => return self.open(idx).await,
+                Checkout::Wait => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.with_slice(idx, |s| s.cancel_wait(id));
+                        self.waiters.borrow_mut().remove(&id);
+                        let p = &self.shared.pools[idx];
+                        return Err(SessionError::PoolExhausted {
+                            user: p.user.clone(),
+                            database: p.database.clone(),
+                            waited_ms: timeout.as_millis() as u64,
+                            pool_size: p.shared.cap(),
+                        });
+                    }
+                    let wait = POOL_RECHECK.min(deadline - now);
+                    crate::net::timeout(wait, WaitWake { ctx: self, id }).await;
+                }
+            }
+        }
+    }
+
+    /// Drops a pooled connection whose socket closed while idle.
+    fn usable(&self, conn: ServerConn) -> Option<ServerConn> {
+        if conn.idle_since.elapsed() < IDLE_CHECK_AFTER {
+            return Some(conn);
+        }
+        match conn.rd.as_ref().map(crate::net::peer_closed) {
+            Some(false) => Some(conn),
+            _ => None,
+        }
+    }
+
+    async fn open(&self, idx: usize) -> Result<ServerConn, SessionError> {
+        let def = &self.shared.pools[idx];
+        let mut login = def.login.clone();
+        if matches!(login.password, Some(Secret::Scram(_))) {
+            login.scram_keys =
+                self.shared.scram_keys.lock().unwrap_or_else(|p| p.into_inner()).get(&def.user).cloned();
+        }
+        let cache = self.shared.config.general.prepared_statements_cache_size.max(1) as usize;
+        match ServerConn::connect(&login, cache).await {
+            Ok(c) => {
+                log::debug!(
+                    "shard {}: opened server connection to {} for pool {}/{}",
+                    self.id,
+                    login.addr,
+                    def.user,
+                    def.database
+                );
+                Ok(c)
+            }
+            Err(e) => {
+                self.with_slice(idx, |s| s.open_failed());
+                self.wake_first(idx);
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns a clean connection to pool `idx` and wakes the next waiter.
+    pub fn release(&self, idx: usize, mut conn: ServerConn) {
+        let lifetime = Duration::from_millis(self.shared.config.general.server_lifetime_ms);
+        let now = Instant::now();
+        let expired = conn.expired(now, lifetime) || self.shared.shutting_down();
+        conn.idle_since = now;
+        let closed = self.with_slice(idx, |s| s.release(conn, expired, now));
+        drop(closed);
+        self.wake_first(idx);
+    }
+
+    /// A lent-out connection is being closed (broken or unclean).
+    pub fn discard(&self, idx: usize, conn: ServerConn) {
+        drop(conn);
+        self.with_slice(idx, |s| s.closed());
+        self.wake_first(idx);
+    }
+
+    fn wake_first(&self, idx: usize) {
+        if let Some(w) = self.with_slice(idx, |s| s.first_waiter()) {
+            self.woken.borrow_mut().insert(w);
+            if let Some(Some(waker)) = self.waiters.borrow_mut().remove(&w) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Closes idle connections past the idle timeout, or surplus while
+    /// another shard starves. Called by the shard's maintenance task.
+    pub fn reap(&self) {
+        let idle = Duration::from_millis(self.shared.config.general.server_idle_timeout_ms);
+        let now = Instant::now();
+        let n = self.slices.borrow().len();
+        for idx in 0..n {
+            let closed = {
+                let mut slices = self.slices.borrow_mut();
+                match slices[idx].as_mut() {
+                    Some(s) if self.shared.shutting_down() => s.drain(),
+                    Some(s) => s.reap(now, idle),
+                    None => Vec::new(),
+                }
+            };
+            if !closed.is_empty() {
+                log::debug!("shard {}: closed {} idle server connections", self.id, closed.len());
+                self.wake_first(idx);
+            }
+        }
+    }
+
+    /// Signals every session of this shard that shutdown began.
+    pub fn notify_shutdown(&self) {
+        for (_, w) in self.shutdown_wakers.borrow_mut().drain() {
+            w.wake();
+        }
+    }
+
+    /// A future that completes when shutdown begins.
+    pub fn shutdown_signal(&self) -> ShutdownSignal<'_> {
+        ShutdownSignal { ctx: self, id: self.next_id(), registered: false }
+    }
+}
+
+/// Waits until a release wakes waiter `id`.
+struct WaitWake<'a> {
+    ctx: &'a ShardCtx,
+    id: u64,
+}
+
+impl Future for WaitWake<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ctx.woken.borrow_mut().remove(&self.id) {
+            return Poll::Ready(());
+        }
+        self.ctx.waiters.borrow_mut().insert(self.id, Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Completes when the shard begins shutting down.
+pub struct ShutdownSignal<'a> {
+    ctx: &'a ShardCtx,
+    id: u64,
+    registered: bool,
+}
+
+impl Drop for ShutdownSignal<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.ctx.shutdown_wakers.borrow_mut().remove(&self.id);
+        }
+    }
+}
+
+impl Future for ShutdownSignal<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ctx.shared.shutting_down() {
+            return Poll::Ready(());
+        }
+        // The session task's waker never changes: register it once.
+        if !self.registered {
+            let id = self.id;
+            self.ctx.shutdown_wakers.borrow_mut().insert(id, cx.waker().clone());
+            self.registered = true;
+        }
+        Poll::Pending
+    }
+}

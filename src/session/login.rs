@@ -1,0 +1,437 @@
+//! Client startup and authentication, as a sequence of awaits on one
+//! connection: first packet (SSLRequest/GSSENCRequest answered `N`,
+//! CancelRequest forwarded), authentication by the user's configured
+//! method, then the welcome: ParameterStatus from a real server connection
+//! synced to the client's settings, our BackendKeyData, ReadyForQuery.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{self, ScramCredential, ScramSecret, Secret};
+use crate::config::AuthMethod;
+use crate::net::{self, ReadHalf, WriteHalf};
+use crate::protocol::backend;
+use crate::protocol::frame::{self, Writer};
+use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{MAX_PASSWORD_MESSAGE_LEN, MAX_STARTUP_PACKET_LEN};
+use crate::session::cancel::CancelSlot;
+use crate::session::ctx::ShardCtx;
+use crate::session::params::{self, ParamSet};
+use crate::session::server::ServerConn;
+use crate::session::SessionError;
+
+/// Initial capacity of a client's read buffer.
+pub const CLIENT_READ_BUF: usize = 16 * 1024;
+
+/// Parameters Postgres reports with ParameterStatus, with their canonical
+/// spelling (clients such as JDBC compare names case-sensitively).
+const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "in_hot_standby",
+    "integer_datetimes",
+    "IntervalStyle",
+    "is_superuser",
+    "scram_iterations",
+    "search_path",
+    "server_encoding",
+    "server_version",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// A client connection during login.
+pub struct ClientConn {
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
+    pub buf: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+/// A logged-in client, ready for the relay.
+pub struct Session {
+    pub user: String,
+    pub database: String,
+    pub pool: usize,
+    pub params: ParamSet,
+    pub pid: i32,
+    pub cancel: Arc<CancelSlot>,
+}
+
+/// What the first packet asked for.
+pub enum Opening {
+    Login(Session, Option<ServerConn>),
+    /// A CancelRequest was handled; close the connection.
+    Cancelled,
+}
+
+impl ClientConn {
+    /// Reads more bytes; end of stream is [`SessionError::ClientGone`].
+    async fn fill(&mut self) -> Result<(), SessionError> {
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = net::read_append(&mut self.rd, buf).await;
+        self.buf = buf;
+        match res {
+            Ok(0) | Err(_) => Err(SessionError::ClientGone),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    pub async fn send(&mut self, out: Vec<u8>) -> Result<(), SessionError> {
+        let (res, _) = net::write_all(&mut self.wr, out).await;
+        res.map_err(|_| SessionError::ClientGone)
+    }
+
+    /// Reads one message of at most `max` bytes (checked on the header,
+    /// before the body is read).
+    async fn recv(&mut self, max: u32) -> Result<(u8, Vec<u8>), SessionError> {
+        loop {
+            if let Some((h, body)) = frame::read_message(&self.buf, max)? {
+                let out = (h.tag, body.to_vec());
+                self.buf.drain(..h.total_len());
+                return Ok(out);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends an ErrorResponse with severity FATAL.
+    pub async fn fatal(&mut self, sqlstate: &str, message: &str) {
+        let mut out = Vec::new();
+        backend::error_response(&mut out, "FATAL", sqlstate, message);
+        let _ = self.send(out).await;
+    }
+}
+
+/// Runs the opening of a connection up to ReadyForQuery, within the login
+/// timeout.
+pub async fn open(ctx: &Rc<ShardCtx>, conn: &mut ClientConn) -> Result<Opening, SessionError> {
+    let t = Duration::from_millis(ctx.shared.config.general.client_login_timeout_ms);
+    match net::timeout(t, open_inner(ctx, conn)).await {
+        Some(r) => r,
+        None => Err(SessionError::Refused {
+            sqlstate: "08006",
+            message: format!("login did not complete within client_login_timeout_ms ({} ms)", t.as_millis()),
+        }),
+    }
+}
+
+async fn open_inner(ctx: &Rc<ShardCtx>, conn: &mut ClientConn) -> Result<Opening, SessionError> {
+    loop {
+        let packet = loop {
+            if let Some((p, n)) = startup::decode(&conn.buf)? {
+                break (to_owned_packet(p), n);
+            }
+            if conn.buf.len() >= MAX_STARTUP_PACKET_LEN as usize {
+                return Err(SessionError::Refused {
+                    sqlstate: "08P01",
+                    message: "invalid startup packet".into(),
+                });
+            }
+            conn.fill().await?;
+        };
+        conn.buf.drain(..packet.1);
+        match packet.0 {
+            OwnedPacket::Ssl | OwnedPacket::GssEnc => {
+                // No TLS or GSS encryption configured: the client may go on in plain text.
+                conn.send(vec![b'N']).await?;
+            }
+            OwnedPacket::Cancel { pid, key } => {
+                forward_cancel(ctx, pid, key).await;
+                return Ok(Opening::Cancelled);
+            }
+            OwnedPacket::Startup { minor, params } => return login(ctx, conn, minor, params).await,
+        }
+    }
+}
+
+enum OwnedPacket {
+    Ssl,
+    GssEnc,
+    Cancel { pid: i32, key: i32 },
+    Startup { minor: u16, params: Vec<(String, String)> },
+}
+
+fn to_owned_packet(p: StartupPacket<'_>) -> OwnedPacket {
+    match p {
+        StartupPacket::SslRequest => OwnedPacket::Ssl,
+        StartupPacket::GssEncRequest => OwnedPacket::GssEnc,
+        StartupPacket::Cancel { pid, key } => OwnedPacket::Cancel { pid, key },
+        StartupPacket::Startup { minor, params, .. } => OwnedPacket::Startup {
+            minor,
+            params: params.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        },
+    }
+}
+
+/// Forwards a CancelRequest to the server the client is bound to, if any.
+async fn forward_cancel(ctx: &Rc<ShardCtx>, pid: i32, key: i32) {
+    let Some((target, spid, skey)) = ctx.shared.cancel.lookup(pid, key) else {
+        log::debug!("shard {}: cancel request for unknown or idle client ignored", ctx.id);
+        return;
+    };
+    let addr = ctx.shared.targets[target as usize];
+    let timeout = Duration::from_millis(ctx.shared.config.general.server_connect_timeout_ms);
+    match crate::session::server::send_cancel(addr, spid, skey, timeout).await {
+        Ok(()) => log::info!("shard {}: forwarded cancel request to {addr}", ctx.id),
+        Err(e) => log::warn!("shard {}: could not forward cancel request to {addr}: {e}", ctx.id),
+    }
+}
+
+async fn login(
+    ctx: &Rc<ShardCtx>,
+    conn: &mut ClientConn,
+    minor: u16,
+    raw: Vec<(String, String)>,
+) -> Result<Opening, SessionError> {
+    let get = |k: &str| raw.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").ok_or_else(|| SessionError::Refused {
+        sqlstate: "28000",
+        message: "no PostgreSQL user name specified in startup packet".into(),
+    })?;
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    negotiate_version(conn, minor, &raw).await?;
+    authenticate(ctx, conn, &user).await?;
+    let pool = *ctx.shared.pool_index.get(&(user.clone(), database.clone())).ok_or_else(|| {
+        SessionError::Refused {
+            sqlstate: "3D000",
+            message: format!("database \"{database}\" does not exist"),
+        }
+    })?;
+    let pairs: Vec<(&str, &str)> =
+        raw.iter().filter(|(k, _)| !k.starts_with("_pq_.")).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let params = ParamSet::from_startup(&pairs).map_err(|e| SessionError::Refused {
+        sqlstate: if e.0.contains("cannot be set") { "42501" } else { "22023" },
+        message: e.0,
+    })?;
+    if ctx.shared.shutting_down() {
+        return Err(SessionError::Shutdown);
+    }
+    let mut server = ctx.checkout(pool).await?;
+    if let Err(e) = sync_params(&mut server, &params).await {
+        ctx.discard(pool, server);
+        return Err(e);
+    }
+    let key = random_i32();
+    let mut counter = ctx.cancel_counter.get();
+    let (pid, cancel) = ctx.shared.cancel.register(ctx.id, &mut counter, key);
+    ctx.cancel_counter.set(counter);
+    conn.send(welcome(&server, pid, key)).await.inspect_err(|_| ctx.shared.cancel.unregister(pid))?;
+    let session = Session { user, database, pool, params, pid, cancel };
+    let mode = ctx.shared.pools[pool].mode;
+    if mode == crate::config::PoolMode::Transaction {
+        ctx.release(pool, server);
+        Ok(Opening::Login(session, None))
+    } else {
+        Ok(Opening::Login(session, Some(server)))
+    }
+}
+
+/// Answers a client asking for a newer minor version or `_pq_` options with
+/// NegotiateProtocolVersion: we speak 3.0 and no extensions.
+async fn negotiate_version(
+    conn: &mut ClientConn,
+    minor: u16,
+    raw: &[(String, String)],
+) -> Result<(), SessionError> {
+    let unknown: Vec<&str> =
+        raw.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    if minor == 0 && unknown.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    let mut w = Writer::new(&mut out, b'v');
+    w.i32(0).i32(unknown.len() as i32);
+    for u in &unknown {
+        w.cstr(u.as_bytes());
+    }
+    w.finish();
+    conn.send(out).await
+}
+
+fn random_i32() -> i32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("system random source");
+    i32::from_be_bytes(b)
+}
+
+fn auth_failed(user: &str) -> SessionError {
+    SessionError::AuthFailed(format!("password authentication failed for user \"{user}\""))
+}
+
+/// Authenticates `user` by its configured method. An unknown user goes
+/// through a SCRAM exchange against a random secret and fails like a wrong
+/// password, so user names cannot be probed.
+async fn authenticate(ctx: &Rc<ShardCtx>, conn: &mut ClientConn, user: &str) -> Result<(), SessionError> {
+    let cfg = ctx.shared.config.user(user);
+    let (method, secret) = match cfg {
+        Some(u) => (u.auth_method, u.password.as_deref().map(Secret::parse)),
+        None => {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&random_i32().to_be_bytes());
+            let server = auth::ScramServer::mock(user, &key);
+            scram_exchange(conn, server).await?;
+            return Err(auth_failed(user));
+        }
+    };
+    match (method, secret) {
+        (AuthMethod::Trust, _) => {
+            log::debug!("user \"{user}\" logs in with trust");
+        }
+        (AuthMethod::Plain, Some(secret)) => {
+            send_auth(conn, 3, &[]).await?;
+            let (_, body) = recv_password(conn).await?;
+            let pw = crate::protocol::frontend::decode_password(&body)?;
+            if !auth::verify_cleartext(&secret, user, pw) {
+                return Err(auth_failed(user));
+            }
+        }
+        (AuthMethod::Md5, Some(secret)) => {
+            let salt = random_i32().to_be_bytes();
+            send_auth(conn, 5, &salt).await?;
+            let (_, body) = recv_password(conn).await?;
+            let resp = crate::protocol::frontend::decode_password(&body)?;
+            if !auth::md5_verify(&secret, user, salt, resp) {
+                return Err(auth_failed(user));
+            }
+        }
+        (AuthMethod::ScramSha256, Some(secret)) => {
+            let scram = match &secret {
+                Secret::Scram(s) => s.clone(),
+                Secret::Plain(_) => match ctx.shared.scram_for_plain.get(user) {
+                    Some(s) => s.clone(),
+                    None => return Err(auth_failed(user)),
+                },
+                Secret::Md5(_) => return Err(auth_failed(user)),
+            };
+            let client_key =
+                scram_exchange(conn, auth::ScramServer::new(&scram)).await.map_err(|e| match e {
+                    SessionError::AuthFailed(_) => auth_failed(user),
+                    other => other,
+                })?;
+            if matches!(secret, Secret::Scram(_)) {
+                remember_scram_keys(ctx, user, &scram, client_key);
+            }
+        }
+        (_, None) => return Err(auth_failed(user)),
+    }
+    send_auth(conn, 0, &[]).await
+}
+
+/// Keeps the keys a SCRAM login proved, so the proxy can log in to Postgres
+/// for a user whose password it only knows as a SCRAM secret.
+fn remember_scram_keys(ctx: &Rc<ShardCtx>, user: &str, s: &ScramSecret, client_key: [u8; 32]) {
+    let cred = ScramCredential::from_client_key(s, client_key);
+    ctx.shared.scram_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), cred);
+}
+
+/// Runs SCRAM-SHA-256 as the server; returns the client's proven ClientKey.
+async fn scram_exchange(
+    conn: &mut ClientConn,
+    mut server: auth::ScramServer,
+) -> Result<[u8; 32], SessionError> {
+    let mut mechs = Vec::new();
+    mechs.extend_from_slice(b"SCRAM-SHA-256\0\0");
+    send_auth(conn, 10, &mechs).await?;
+    let (_, body) = recv_password(conn).await?;
+    let (mech, data) = crate::protocol::frontend::decode_sasl_initial(&body)?;
+    if mech != "SCRAM-SHA-256" {
+        return Err(SessionError::Refused {
+            sqlstate: "28000",
+            message: format!("SASL authentication mechanism \"{mech}\" is not supported; use SCRAM-SHA-256"),
+        });
+    }
+    let first =
+        server.client_first(data.unwrap_or_default()).map_err(|e| SessionError::AuthFailed(e.to_string()))?;
+    send_auth(conn, 11, &first).await?;
+    let (_, body) = recv_password(conn).await?;
+    let outcome = server.client_final(&body).map_err(|e| SessionError::AuthFailed(e.to_string()))?;
+    send_auth(conn, 12, &outcome.server_final).await?;
+    Ok(outcome.client_key)
+}
+
+async fn send_auth(conn: &mut ClientConn, code: i32, data: &[u8]) -> Result<(), SessionError> {
+    let mut out = Vec::new();
+    let mut w = Writer::new(&mut out, b'R');
+    w.i32(code).bytes(data);
+    w.finish();
+    conn.send(out).await
+}
+
+/// Reads a password-type message ('p'); anything longer than 64 KiB is
+/// refused from its header.
+async fn recv_password(conn: &mut ClientConn) -> Result<(u8, Vec<u8>), SessionError> {
+    let (tag, body) = conn.recv(MAX_PASSWORD_MESSAGE_LEN).await.map_err(|e| match e {
+        SessionError::ClientProtocol(crate::protocol::ProtocolError::TooLarge { .. }) => {
+            SessionError::Refused {
+                sqlstate: "08P01",
+                message: format!("password message longer than {MAX_PASSWORD_MESSAGE_LEN} bytes"),
+            }
+        }
+        other => other,
+    })?;
+    if tag != b'p' {
+        return Err(SessionError::Refused {
+            sqlstate: "08P01",
+            message: format!(
+                "expected a password message, got message type {}",
+                crate::protocol::printable(tag)
+            ),
+        });
+    }
+    Ok((tag, body))
+}
+
+/// Makes `server` match the client's settings. Cheap when it already does.
+pub async fn sync_params(server: &mut ServerConn, want: &ParamSet) -> Result<(), SessionError> {
+    if server.params_digest == want.digest() {
+        return Ok(());
+    }
+    let sql = params::sync_sql(want, &server.params, &server.set_keys);
+    if !sql.is_empty() {
+        if let Err(e) = server.run_simple(&sql).await? {
+            return Err(SessionError::ServerRefused(e));
+        }
+        server.set_keys.retain(|k| want.get(k).is_some());
+        for (k, v) in want.iter() {
+            if !server.set_keys.iter().any(|s| s == k) {
+                server.set_keys.push(k.to_string());
+            }
+            if server.params.get(k).is_none() {
+                server.params.set(k, v);
+            }
+        }
+    }
+    server.params_digest = want.digest();
+    Ok(())
+}
+
+/// ParameterStatus for every reported setting, BackendKeyData, ReadyForQuery.
+fn welcome(server: &ServerConn, pid: i32, key: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in REPORTED {
+        if let Some(v) = server.params.get(&name.to_ascii_lowercase()) {
+            let mut w = Writer::new(&mut out, b'S');
+            w.cstr(name.as_bytes()).cstr(v.as_bytes());
+            w.finish();
+        }
+    }
+    let mut w = Writer::new(&mut out, b'K');
+    w.i32(pid).i32(key);
+    w.finish();
+    let mut w = Writer::new(&mut out, b'Z');
+    w.u8(b'I');
+    w.finish();
+    out
+}
+
+/// The canonical spelling of a reported parameter name.
+pub fn canonical_name(lower: &str) -> &str {
+    REPORTED.iter().find(|n| n.eq_ignore_ascii_case(lower)).copied().unwrap_or(lower)
+}

@@ -1,0 +1,974 @@
+//! The relay loop: full duplex between one client and, while a transaction
+//! (or, in session mode, the session) runs, one server connection.
+//!
+//! Four operations can be outstanding at once, each owning its socket half
+//! and buffer: client read, client write, server read, server write. One
+//! receive is outstanding per socket; a direction stops reading while its
+//! destination has more than [`PENDING_LIMIT`] bytes unsent, so memory per
+//! session stays bounded however large a COPY or a row is.
+//!
+//! Messages are relayed as they stream in: only headers are parsed, plus
+//! the few bodies a decision needs (named Parse, the names at the start of
+//! Bind/Describe/Close, ReadyForQuery, ParameterStatus, CommandComplete,
+//! ErrorResponse). Everything else passes through without being buffered
+//! whole.
+
+use std::future::Future;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use crate::config::PoolMode;
+use crate::net::{self, ReadHalf, WriteHalf};
+use crate::protocol::backend;
+use crate::protocol::frame::{self, Reader, Writer, HEADER_LEN};
+use crate::protocol::ProtocolError;
+use crate::session::ctx::ShardCtx;
+use crate::session::flow::{Expect, Fake, Flow, Undo, Verdict};
+use crate::session::login::{self, Session};
+use crate::session::prepared::{ClientStatements, StmtDef};
+use crate::session::server::{PgError, ServerConn};
+use crate::session::SessionError;
+
+/// Unsent bytes toward one side above which the other side is not read.
+pub const PENDING_LIMIT: usize = 256 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// The client sent Terminate or closed its socket.
+    ClientLeft,
+    /// pgwarden is shutting down and the client was idle.
+    Shutdown,
+    /// An error the client should hear about (sent as FATAL).
+    Error(SessionError),
+}
+
+/// Relay state for one client.
+pub struct Relay {
+    ctx: Rc<ShardCtx>,
+    session: Session,
+    mode: PoolMode,
+    max_msg: u32,
+    track_prepared: bool,
+    server: Option<ServerConn>,
+    flow: Flow,
+    stmts: ClientStatements,
+    /// Client bytes read and not yet processed.
+    c_in: Vec<u8>,
+    /// Bytes of the current client message still to stream to the server.
+    c_skip: usize,
+    /// Bytes of the current server message still to stream (or swallow).
+    s_skip: usize,
+    s_skip_forward: bool,
+    /// Bytes queued for the client / the server.
+    c_out: Vec<u8>,
+    s_out: Vec<u8>,
+    /// Spare buffers to swap with in-flight writes.
+    c_spare: Vec<u8>,
+    s_spare: Vec<u8>,
+    terminated: bool,
+    /// Bytes of a refused client message still to drop.
+    c_skip_discard: usize,
+    /// After a request was refused: client messages are dropped up to and
+    /// including the next Sync, which is answered with ReadyForQuery.
+    discarding: bool,
+}
+
+/// What processing client input needs before it can go on.
+enum Need {
+    /// More bytes from the client.
+    Input,
+    /// A server connection.
+    Server,
+    /// The client sent Terminate.
+    Terminate,
+}
+
+impl Relay {
+    pub fn new(ctx: Rc<ShardCtx>, session: Session, server: Option<ServerConn>, c_in: Vec<u8>) -> Relay {
+        let g = &ctx.shared.config.general;
+        let mode = ctx.shared.pools[session.pool].mode;
+        let max_msg = g.max_message_size;
+        let track_prepared = mode == PoolMode::Transaction && g.prepared_statements_cache_size > 0;
+        let mut r = Relay {
+            ctx,
+            session,
+            mode,
+            max_msg,
+            track_prepared,
+            server: None,
+            flow: Flow::new(),
+            stmts: ClientStatements::default(),
+            c_in,
+            c_skip: 0,
+            s_skip: 0,
+            s_skip_forward: true,
+            c_out: Vec::with_capacity(16 * 1024),
+            s_out: Vec::with_capacity(16 * 1024),
+            c_spare: Vec::with_capacity(16 * 1024),
+            s_spare: Vec::with_capacity(16 * 1024),
+            terminated: false,
+            discarding: false,
+            c_skip_discard: 0,
+        };
+        if let Some(s) = server {
+            r.bind(s);
+        }
+        r
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn bind(&mut self, s: ServerConn) {
+        log::trace!("shard {}: client pid {} binds server pid {}", self.ctx.id, self.session.pid, s.pid);
+        self.session.cancel.bind(s.target, s.pid, s.key);
+        self.flow = Flow::new();
+        self.server = Some(s);
+    }
+
+    /// Runs until the client leaves or an error ends the session. Returns
+    /// the client's halves so the caller can send a final error.
+    pub async fn run(mut self, client_rd: ReadHalf, client_wr: WriteHalf) -> (End, Option<WriteHalf>) {
+        let mut c_read = pin!(net::arm_read(None));
+        let mut c_write = pin!(net::arm_write(None));
+        let mut s_read = pin!(net::arm_read(None));
+        let mut s_write = pin!(net::arm_write(None));
+        let shutdown_ctx = self.ctx.clone();
+        let mut shutdown = pin!(shutdown_ctx.shutdown_signal());
+        let mut c_rd = Some(client_rd);
+        let mut c_wr = Some(client_wr);
+        let mut shutting_down = false;
+
+        // Bytes that arrived with the startup packet.
+        if let Err(end) = self.process_client().await {
+            return (end, c_wr);
+        }
+        loop {
+            // Start writes that have bytes waiting.
+            if !self.c_out.is_empty() {
+                if let Some(wr) = c_wr.take() {
+                    let buf = std::mem::replace(&mut self.c_out, std::mem::take(&mut self.c_spare));
+                    c_write.set(net::arm_write(Some((wr, buf))));
+                }
+            }
+            if !self.s_out.is_empty() {
+                if let Some(wr) = self.server.as_mut().and_then(|s| s.wr.take()) {
+                    let buf = std::mem::replace(&mut self.s_out, std::mem::take(&mut self.s_spare));
+                    s_write.set(net::arm_write(Some((wr, buf))));
+                }
+            }
+            // Arm reads unless the other side is backed up.
+            if c_read.is_none() && !self.terminated && self.s_out.len() < PENDING_LIMIT {
+                if let Some(rd) = c_rd.take() {
+                    let buf = std::mem::take(&mut self.c_in);
+                    c_read.set(net::arm_read(Some((rd, buf))));
+                }
+            }
+            if s_read.is_none() && self.c_out.len() < PENDING_LIMIT {
+                if let Some(rd) = self.server.as_mut().and_then(|s| s.rd.take()) {
+                    let buf = std::mem::take(&mut self.server.as_mut().expect("bound").buf);
+                    s_read.set(net::arm_read(Some((rd, buf))));
+                }
+            }
+            if self.terminated && c_write.is_none() && self.c_out.is_empty() && self.server.is_none() {
+                return (End::ClientLeft, c_wr);
+            }
+
+            log::trace!(
+                "shard {}: client pid {} waits: bound={} flow={:?} c_skip={} s_skip={} s_out={} c_out={}",
+                self.ctx.id,
+                self.session.pid,
+                self.server.is_some(),
+                self.flow,
+                self.c_skip,
+                self.s_skip,
+                self.s_out.len(),
+                self.c_out.len()
+            );
+            let ev = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = net::poll_slot(s_read.as_mut(), cx) {
+                    return Poll::Ready(Event::ServerRead(r));
+                }
+                if let Poll::Ready(r) = net::poll_slot(c_read.as_mut(), cx) {
+                    return Poll::Ready(Event::ClientRead(r));
+                }
+                if let Poll::Ready(r) = net::poll_slot(c_write.as_mut(), cx) {
+                    return Poll::Ready(Event::ClientWrite(r));
+                }
+                if let Poll::Ready(r) = net::poll_slot(s_write.as_mut(), cx) {
+                    return Poll::Ready(Event::ServerWrite(r));
+                }
+                if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                Poll::Pending
+            })
+            .await;
+
+            let step = match ev {
+                Event::ClientRead((rd, res, buf)) => {
+                    c_read.set(net::arm_read(None));
+                    c_rd = Some(rd);
+                    self.c_in = buf;
+                    match res {
+                        Ok(0) | Err(_) => Err(self.client_gone()),
+                        Ok(_) => self.process_client().await,
+                    }
+                }
+                Event::ServerRead((rd, res, buf)) => {
+                    s_read.set(net::arm_read(None));
+                    let s = self.server.as_mut().expect("server read while bound");
+                    s.rd = Some(rd);
+                    s.buf = buf;
+                    match res {
+                        Ok(0) => {
+                            Err(End::Error(SessionError::ServerLost("server closed the connection".into())))
+                        }
+                        Err(e) => Err(End::Error(SessionError::ServerLost(e.to_string()))),
+                        Ok(_) => self.process_server().await,
+                    }
+                }
+                Event::ClientWrite((wr, res, buf)) => {
+                    c_write.set(net::arm_write(None));
+                    c_wr = Some(wr);
+                    self.c_spare = buf;
+                    match res {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(self.client_gone()),
+                    }
+                }
+                Event::ServerWrite((wr, res, buf)) => {
+                    s_write.set(net::arm_write(None));
+                    self.s_spare = buf;
+                    match self.server.as_mut() {
+                        Some(s) => s.wr = Some(wr),
+                        None => drop(wr),
+                    }
+                    match res {
+                        Ok(()) => self.maybe_release().await,
+                        Err(e) => Err(End::Error(SessionError::ServerLost(e.to_string()))),
+                    }
+                }
+                Event::Shutdown => {
+                    shutting_down = true;
+                    Ok(())
+                }
+            };
+            if let Err(end) = step {
+                self.abandon_server();
+                return (end, c_wr);
+            }
+            if shutting_down && self.server.is_none() && self.c_in.is_empty() && self.c_out.is_empty() {
+                return (End::Shutdown, c_wr);
+            }
+        }
+    }
+
+    fn client_gone(&mut self) -> End {
+        End::ClientLeft
+    }
+
+    /// Processes buffered client input as far as it goes, checking out a
+    /// server when a message needs one.
+    async fn process_client(&mut self) -> Result<(), End> {
+        loop {
+            match self.client_step() {
+                Ok(Need::Input) => return Ok(()),
+                Ok(Need::Terminate) => {
+                    self.terminated = true;
+                    self.c_in.clear();
+                    return self.on_terminate().await;
+                }
+                Ok(Need::Server) => {
+                    if self.ctx.shared.shutting_down() && self.flow.idle() {
+                        return Err(End::Error(SessionError::Shutdown));
+                    }
+                    let server = match self.ctx.checkout(self.session.pool).await {
+                        Ok(s) => s,
+                        Err(e) => return self.refuse_request(e),
+                    };
+                    let mut server = server;
+                    if let Err(e) = login::sync_params(&mut server, &self.session.params).await {
+                        self.ctx.discard(self.session.pool, server);
+                        return self.refuse_request(e);
+                    }
+                    self.bind(server);
+                }
+                Err(e) => return Err(End::Error(e.into())),
+            }
+        }
+    }
+
+    /// Answers a request that cannot get a server with an ErrorResponse and
+    /// drops the request, as Postgres does after an error: the rest of the
+    /// client's pipeline up to the next Sync (or the current Query) is
+    /// skipped and ReadyForQuery follows, so the client can retry.
+    fn refuse_request(&mut self, e: SessionError) -> Result<(), End> {
+        if matches!(e, SessionError::Shutdown) {
+            return Err(End::Error(e));
+        }
+        log::warn!(
+            "shard {}: {} (user \"{}\", database \"{}\")",
+            self.ctx.id,
+            e,
+            self.session.user,
+            self.session.database
+        );
+        backend::error_response(&mut self.c_out, "ERROR", e.sqlstate(), &e.client_message());
+        match self.c_in.first() {
+            // A simple query: drop it (streaming any part not yet here).
+            Some(b'Q') => {
+                let h = frame::read_header(&self.c_in, self.max_msg)
+                    .map_err(|pe| End::Error(pe.into()))?
+                    .expect("a header was read before");
+                let n = h.total_len().min(self.c_in.len());
+                self.c_in.drain(..n);
+                self.c_skip_discard = h.total_len() - n;
+                self.ready_for_query(b'I');
+            }
+            // Extended protocol: Postgres skips to the next Sync.
+            _ => self.discarding = true,
+        }
+        Ok(())
+    }
+
+    fn ready_for_query(&mut self, status: u8) {
+        let mut w = Writer::new(&mut self.c_out, b'Z');
+        w.u8(status);
+        w.finish();
+    }
+
+    /// Drops client input while discarding; returns bytes consumed and
+    /// whether discarding ended (at a Sync).
+    fn discard_step(&mut self, pos: usize) -> Result<Option<usize>, ProtocolError> {
+        if self.c_skip_discard > 0 {
+            let n = self.c_skip_discard.min(self.c_in.len() - pos);
+            self.c_skip_discard -= n;
+            return Ok(if n == 0 { None } else { Some(n) });
+        }
+        let Some(h) = frame::read_header(&self.c_in[pos..], self.max_msg)? else { return Ok(None) };
+        if h.tag == b'S' {
+            if self.c_in.len() - pos < h.total_len() {
+                return Ok(None);
+            }
+            self.discarding = false;
+            self.ready_for_query(b'I');
+            return Ok(Some(h.total_len()));
+        }
+        let n = h.total_len().min(self.c_in.len() - pos);
+        self.c_skip_discard = h.total_len() - n;
+        Ok(Some(n))
+    }
+
+    /// One pass over buffered client input.
+    fn client_step(&mut self) -> Result<Need, ProtocolError> {
+        let mut pos = 0;
+        let res = loop {
+            if self.discarding || self.c_skip_discard > 0 {
+                match self.discard_step(pos)? {
+                    Some(n) => {
+                        pos += n;
+                        continue;
+                    }
+                    None => break Ok(Need::Input),
+                }
+            }
+            if self.c_skip > 0 {
+                let n = self.c_skip.min(self.c_in.len() - pos);
+                if n == 0 {
+                    break Ok(Need::Input);
+                }
+                self.s_out.extend_from_slice(&self.c_in[pos..pos + n]);
+                pos += n;
+                self.c_skip -= n;
+                continue;
+            }
+            let avail = &self.c_in[pos..];
+            let Some(h) = frame::read_header(avail, self.max_msg)? else { break Ok(Need::Input) };
+            if h.tag == b'X' {
+                break Ok(Need::Terminate);
+            }
+            if self.server.is_none() {
+                match self.answer_locally(pos)? {
+                    Some(n) => {
+                        pos += n;
+                        continue;
+                    }
+                    None => break Ok(Need::Server),
+                }
+            }
+            match self.client_message(h, pos)? {
+                Some(used) => pos += used,
+                None => break Ok(Need::Input),
+            }
+            if self.s_out.len() >= PENDING_LIMIT {
+                break Ok(Need::Input);
+            }
+        };
+        self.c_in.drain(..pos);
+        self.emit_fakes();
+        res
+    }
+
+    /// Answers, without a server connection, a request made only of Parse
+    /// messages for statements already known to parse on this pool and
+    /// Close messages for statements, ended by Sync (what PQprepare and
+    /// drivers' statement cleanup send). Besides saving a round trip, this
+    /// is what keeps a client that prepares synchronously while its other
+    /// connections hold every server (pgbench -M prepared, -c > pool_size)
+    /// from deadlocking: it never waits for a server just to prepare.
+    /// Returns the bytes consumed, or None if the request needs a server.
+    fn answer_locally(&mut self, start: usize) -> Result<Option<usize>, ProtocolError> {
+        if !self.track_prepared {
+            return Ok(None);
+        }
+        // First pass: check the whole request qualifies.
+        let mut pos = start;
+        loop {
+            let Some((h, body)) = frame::read_message(&self.c_in[pos..], self.max_msg)? else {
+                return Ok(None);
+            };
+            match h.tag {
+                b'S' => break,
+                b'P' => {
+                    let mut r = Reader::new(b'P', body);
+                    let name = r.cstr("statement name")?;
+                    let query = r.cstr("query")?;
+                    let n = r.u16("parameter count")? as usize;
+                    if name.is_empty() || self.stmts.contains(name) || r.remaining() != n * 4 {
+                        return Ok(None);
+                    }
+                    let types: Vec<u32> =
+                        (0..n).map(|_| r.u32("parameter type")).collect::<Result<_, _>>()?;
+                    let def = self.ctx.registry.borrow_mut().intern(query, &types);
+                    if !def.validated_for(self.session.pool) {
+                        return Ok(None);
+                    }
+                }
+                b'C' => {
+                    if body.first() != Some(&b'S') || body.len() < 2 {
+                        return Ok(None);
+                    }
+                }
+                _ => return Ok(None),
+            }
+            pos += h.total_len();
+        }
+        // Second pass: apply.
+        let mut pos = start;
+        loop {
+            let (h, body) = frame::read_message(&self.c_in[pos..], self.max_msg)?.expect("checked above");
+            pos += h.total_len();
+            match h.tag {
+                b'S' => break,
+                b'P' => {
+                    let mut r = Reader::new(b'P', body);
+                    let name: Rc<[u8]> = r.cstr("statement name")?.into();
+                    let query = r.cstr("query")?;
+                    let n = r.u16("parameter count")? as usize;
+                    let types: Vec<u32> =
+                        (0..n).map(|_| r.u32("parameter type")).collect::<Result<_, _>>()?;
+                    let def = self.ctx.registry.borrow_mut().intern(query, &types);
+                    self.stmts.insert(name, def);
+                    self.c_out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+                }
+                _ => {
+                    let mut r = Reader::new(b'C', &body[1..]);
+                    let name = r.cstr("statement name")?;
+                    self.stmts.remove(name);
+                    self.c_out.extend_from_slice(&[b'3', 0, 0, 0, 4]);
+                }
+            }
+        }
+        self.ready_for_query(b'I');
+        Ok(Some(pos - start))
+    }
+
+    /// Handles the client message whose header is at `pos`. Returns the
+    /// bytes consumed, or None when more input is needed.
+    fn client_message(&mut self, h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
+        let avail = self.c_in.len() - pos;
+        let whole = avail >= h.total_len();
+        match h.tag {
+            b'Q' => {
+                self.flow.push(Expect::Query { swallow: false });
+                Ok(Some(self.stream(h, pos)))
+            }
+            b'd' | b'F' => {
+                if h.tag == b'F' {
+                    self.flow.push(Expect::FunctionCall);
+                }
+                Ok(Some(self.stream(h, pos)))
+            }
+            b'E' | b'S' | b'H' | b'c' | b'f' => {
+                if !whole {
+                    return self.need_whole(h, pos);
+                }
+                match h.tag {
+                    b'E' => self.flow.push(Expect::Execute),
+                    b'S' => self.flow.push(Expect::Sync),
+                    b'c' | b'f' => self.flow.push(Expect::CopyEnd),
+                    _ => {}
+                }
+                Ok(Some(self.stream(h, pos)))
+            }
+            b'P' => self.on_parse(h, pos, whole),
+            b'B' => self.on_bind(h, pos),
+            b'D' | b'C' => {
+                if !whole {
+                    return self.need_whole(h, pos);
+                }
+                self.on_describe_or_close(h, pos)?;
+                Ok(Some(h.total_len()))
+            }
+            t => Err(ProtocolError::UnexpectedTag { tag: t }),
+        }
+    }
+
+    /// Makes room for a message that must be read whole.
+    fn need_whole(&mut self, h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
+        let need = pos + h.total_len();
+        if self.c_in.capacity() < need {
+            self.c_in.reserve(need - self.c_in.len());
+        }
+        Ok(None)
+    }
+
+    /// Forwards the message at `pos` as is, streaming what has not arrived.
+    fn stream(&mut self, h: frame::Header, pos: usize) -> usize {
+        let avail = self.c_in.len() - pos;
+        let n = avail.min(h.total_len());
+        self.s_out.extend_from_slice(&self.c_in[pos..pos + n]);
+        self.c_skip = h.total_len() - n;
+        n
+    }
+
+    fn on_parse(
+        &mut self,
+        h: frame::Header,
+        pos: usize,
+        whole: bool,
+    ) -> Result<Option<usize>, ProtocolError> {
+        // The name comes first: an unnamed Parse streams through untouched.
+        let body = &self.c_in[pos + HEADER_LEN..self.c_in.len().min(pos + h.total_len())];
+        let named = match body.iter().position(|&b| b == 0) {
+            Some(0) => false,
+            Some(_) => true,
+            None if whole => return Err(ProtocolError::Malformed { tag: b'P', what: "statement name" }),
+            None => return self.need_whole(h, pos),
+        };
+        if !named || !self.track_prepared {
+            self.flow.push(Expect::Parse { swallow: false, undo: None });
+            return Ok(Some(self.stream(h, pos)));
+        }
+        if !whole {
+            return self.need_whole(h, pos);
+        }
+        let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
+        let mut r = Reader::new(b'P', body);
+        let name: Rc<[u8]> = r.cstr("statement name")?.into();
+        let query = r.cstr("query")?;
+        let n = r.u16("parameter count")? as usize;
+        if r.remaining() != n * 4 {
+            return Err(ProtocolError::Malformed { tag: b'P', what: "parameter types" });
+        }
+        let types: Vec<u32> = (0..n).map(|_| r.u32("parameter type")).collect::<Result<_, _>>()?;
+        if self.stmts.contains(&name) {
+            // Postgres answers 42P05; let the server say it with our name.
+            let def = self.stmts.get(&name).expect("present").clone();
+            self.ensure_prepared(&def);
+            self.flow.push(Expect::Parse { swallow: false, undo: None });
+            def.encode_parse(&mut self.s_out);
+            return Ok(Some(h.total_len()));
+        }
+        let def = self.ctx.registry.borrow_mut().intern(query, &types);
+        self.stmts.insert(name.clone(), def.clone());
+        let server = self.server.as_mut().expect("bound");
+        if server.stmts.touch(def.id) {
+            let undo = Box::new(Undo { client_name: Some(name), server_stmt: None });
+            self.flow.push(Expect::Fake(Fake::ParseComplete, Some(undo)));
+        } else {
+            self.add_to_server(&def);
+            let undo = Box::new(Undo { client_name: Some(name), server_stmt: Some(def.id) });
+            self.flow.push(Expect::Parse { swallow: false, undo: Some(undo) });
+            def.encode_parse(&mut self.s_out);
+        }
+        Ok(Some(h.total_len()))
+    }
+
+    /// Records `def` as prepared on the bound server, closing the least
+    /// recently used statement if the cache is full.
+    fn add_to_server(&mut self, def: &StmtDef) {
+        let server = self.server.as_mut().expect("bound");
+        if let Some(old) = server.stmts.add(def.id) {
+            let mut w = Writer::new(&mut self.s_out, b'C');
+            w.u8(b'S').cstr(&crate::session::prepared::server_name(old));
+            w.finish();
+            self.flow.push(Expect::Close { swallow: true });
+        }
+    }
+
+    /// Prepares `def` on the bound server if it is not there yet (the
+    /// ParseComplete is swallowed).
+    fn ensure_prepared(&mut self, def: &Rc<StmtDef>) {
+        let server = self.server.as_mut().expect("bound");
+        if server.stmts.touch(def.id) {
+            return;
+        }
+        self.add_to_server(def);
+        let undo = Box::new(Undo { client_name: None, server_stmt: Some(def.id) });
+        self.flow.push(Expect::Parse { swallow: true, undo: Some(undo) });
+        def.encode_parse(&mut self.s_out);
+    }
+
+    fn on_bind(&mut self, h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
+        let end = self.c_in.len().min(pos + h.total_len());
+        let body = &self.c_in[pos + HEADER_LEN..end];
+        // Portal name, then statement name: both must be here to decide.
+        let Some(p_end) = body.iter().position(|&b| b == 0) else {
+            return if end == pos + h.total_len() {
+                Err(ProtocolError::Malformed { tag: b'B', what: "portal name" })
+            } else {
+                self.need_whole_prefix(h, pos)
+            };
+        };
+        let Some(s_len) = body[p_end + 1..].iter().position(|&b| b == 0) else {
+            return if end == pos + h.total_len() {
+                Err(ProtocolError::Malformed { tag: b'B', what: "statement name" })
+            } else {
+                self.need_whole_prefix(h, pos)
+            };
+        };
+        let stmt = &body[p_end + 1..p_end + 1 + s_len];
+        let def = if s_len > 0 && self.track_prepared { self.stmts.get(stmt).cloned() } else { None };
+        let Some(def) = def else {
+            // Unnamed, untracked, or unknown (the server answers 26000).
+            self.flow.push(Expect::Bind);
+            return Ok(Some(self.stream(h, pos)));
+        };
+        // The statement must exist on this server before the Bind reaches it.
+        self.ensure_prepared(&def);
+        self.flow.push(Expect::Bind);
+        // Rewrite the header and names; stream the parameters after them.
+        let prefix_len = HEADER_LEN + p_end + 1 + s_len + 1;
+        let new_len = h.len as usize - s_len + def.server_name.len();
+        self.s_out.push(b'B');
+        self.s_out.extend_from_slice(&(new_len as u32).to_be_bytes());
+        self.s_out.extend_from_slice(&self.c_in[pos + HEADER_LEN..pos + HEADER_LEN + p_end + 1]);
+        self.s_out.extend_from_slice(&def.server_name);
+        self.s_out.push(0);
+        let rest_total = h.total_len() - prefix_len;
+        let rest_avail = (self.c_in.len() - pos - prefix_len).min(rest_total);
+        self.s_out.extend_from_slice(&self.c_in[pos + prefix_len..pos + prefix_len + rest_avail]);
+        self.c_skip = rest_total - rest_avail;
+        Ok(Some(prefix_len + rest_avail))
+    }
+
+    /// Waits for a Bind's names, which fit in a bounded prefix.
+    fn need_whole_prefix(&mut self, h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
+        let avail = self.c_in.len() - pos;
+        if avail >= 64 * 1024 {
+            return Err(ProtocolError::Malformed { tag: h.tag, what: "names longer than 64 KiB" });
+        }
+        self.c_in.reserve(8 * 1024);
+        Ok(None)
+    }
+
+    fn on_describe_or_close(&mut self, h: frame::Header, pos: usize) -> Result<(), ProtocolError> {
+        let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
+        let mut r = Reader::new(h.tag, body);
+        let kind = r.u8("kind")?;
+        let name = r.cstr("name")?;
+        r.finish("trailing bytes")?;
+        if kind != b'S' && kind != b'P' {
+            return Err(ProtocolError::Malformed { tag: h.tag, what: "kind" });
+        }
+        let tracked = kind == b'S' && !name.is_empty() && self.track_prepared;
+        let def = if tracked { self.stmts.get(name).cloned() } else { None };
+        match (h.tag, def) {
+            (b'D', Some(def)) => {
+                self.ensure_prepared(&def);
+                self.flow.push(Expect::DescribeStatement);
+                let mut w = Writer::new(&mut self.s_out, b'D');
+                w.u8(b'S').cstr(&def.server_name);
+                w.finish();
+            }
+            (b'C', Some(_)) => {
+                // The server-side statement stays for other clients; the
+                // name goes. Postgres answers CloseComplete even for unknown
+                // names, and so do we.
+                let name: Vec<u8> = name.to_vec();
+                self.stmts.remove(&name);
+                self.flow.push(Expect::Fake(Fake::CloseComplete, None));
+            }
+            (b'C', None) if tracked => self.flow.push(Expect::Fake(Fake::CloseComplete, None)),
+            (tag, _) => {
+                self.flow.push(match (tag, kind) {
+                    (b'D', b'S') => Expect::DescribeStatement,
+                    (b'D', _) => Expect::DescribePortal,
+                    _ => Expect::Close { swallow: false },
+                });
+                self.s_out.extend_from_slice(&self.c_in[pos..pos + h.total_len()]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes synthesized responses that are now due.
+    fn emit_fakes(&mut self) {
+        let out = &mut self.c_out;
+        self.flow.take_ready_fakes(|f| {
+            let tag = match f {
+                Fake::ParseComplete => b'1',
+                Fake::CloseComplete => b'3',
+            };
+            out.extend_from_slice(&[tag, 0, 0, 0, 4]);
+        });
+    }
+
+    /// Processes buffered server input, then releases the server if the
+    /// transaction ended.
+    async fn process_server(&mut self) -> Result<(), End> {
+        self.server_step().map_err(|e| End::Error(SessionError::server_protocol(e)))?;
+        self.apply_undo();
+        self.maybe_release().await
+    }
+
+    fn server_step(&mut self) -> Result<(), ProtocolError> {
+        let mut buf = std::mem::take(&mut self.server.as_mut().expect("bound").buf);
+        let mut pos = 0;
+        let res = loop {
+            if self.s_skip > 0 {
+                let n = self.s_skip.min(buf.len() - pos);
+                if n == 0 {
+                    break Ok(());
+                }
+                if self.s_skip_forward {
+                    self.c_out.extend_from_slice(&buf[pos..pos + n]);
+                }
+                pos += n;
+                self.s_skip -= n;
+                continue;
+            }
+            let Some(h) = frame::read_header(&buf[pos..], self.max_msg)? else { break Ok(()) };
+            let whole = buf.len() - pos >= h.total_len();
+            let needs_body = matches!(h.tag, b'Z' | b'S' | b'C' | b'E');
+            if needs_body && !whole {
+                let need = pos + h.total_len();
+                if buf.capacity() < need {
+                    buf.reserve(need - buf.len());
+                }
+                break Ok(());
+            }
+            let body = &buf[pos + HEADER_LEN..(pos + h.total_len()).min(buf.len())];
+            let status = if h.tag == b'Z' { body.first().copied().unwrap_or(0) } else { 0 };
+            let verdict = self.flow.on_server(h.tag, status);
+            match h.tag {
+                b'S' => self.on_parameter_status(body),
+                b'C' => self.on_command_complete(body),
+                b'E' if verdict == Verdict::Swallow => {
+                    log::warn!("shard {}: proxy query failed: {}", self.ctx.id, PgError::parse(body))
+                }
+                _ => {}
+            }
+            if verdict == Verdict::Unexpected {
+                log::warn!(
+                    "shard {}: unexpected message {} from server ({:?}); it will not be reused",
+                    self.ctx.id,
+                    crate::protocol::printable(h.tag),
+                    self.flow
+                );
+            }
+            let n = (buf.len() - pos).min(h.total_len());
+            let forward = verdict != Verdict::Swallow;
+            if forward {
+                self.c_out.extend_from_slice(&buf[pos..pos + n]);
+            }
+            self.s_skip = h.total_len() - n;
+            self.s_skip_forward = forward;
+            pos += n;
+            self.emit_fakes();
+        };
+        buf.drain(..pos);
+        self.server.as_mut().expect("bound").buf = buf;
+        res
+    }
+
+    /// A reported setting changed while this client is bound: the client
+    /// wants it from now on, and the server no longer has its defaults.
+    fn on_parameter_status(&mut self, body: &[u8]) {
+        let server = self.server.as_mut().expect("bound");
+        if let Some((name, value)) = server.on_parameter_status(body) {
+            if self.session.params.get(&name) != Some(value.as_str()) {
+                self.session.params.set(&name, &value);
+            }
+            if !server.set_keys.iter().any(|k| *k == name) {
+                server.set_keys.push(name);
+            }
+            server.params_digest = self.session.params.digest();
+        }
+    }
+
+    /// Notes commands that leave session state behind on the server.
+    fn on_command_complete(&mut self, body: &[u8]) {
+        let tag = body.strip_suffix(&[0]).unwrap_or(body);
+        let server = self.server.as_mut().expect("bound");
+        let word = tag.split(|&b| b == b' ').next().unwrap_or(b"");
+        match word {
+            b"SET" | b"RESET" => server.dirty.settings = true,
+            b"PREPARE" | b"DEALLOCATE" | b"LISTEN" | b"UNLISTEN" | b"DISCARD" | b"LOAD" => {
+                server.dirty.session = true
+            }
+            b"DECLARE" => server.dirty.session = true,
+            _ => {}
+        }
+    }
+
+    fn apply_undo(&mut self) {
+        if !self.flow.has_undo() {
+            return;
+        }
+        for name in self.flow.take_parsed() {
+            if let Some(def) = self.stmts.get(&name) {
+                def.mark_validated(self.session.pool);
+            }
+        }
+        for u in self.flow.take_undo() {
+            if let Some(name) = u.client_name {
+                self.stmts.remove(&name);
+            }
+            if let (Some(id), Some(s)) = (u.server_stmt, self.server.as_mut()) {
+                s.stmts.forget(id);
+            }
+        }
+    }
+
+    /// In transaction mode, hands the server back once the transaction is
+    /// over and nothing is in flight.
+    async fn maybe_release(&mut self) -> Result<(), End> {
+        let Some(server) = self.server.as_ref() else { return Ok(()) };
+        if self.flow.broken() {
+            return Err(End::Error(SessionError::ServerProtocol(
+                "server sent a message out of order; the connection was closed".into(),
+            )));
+        }
+        let releasable = self.mode == PoolMode::Transaction
+            && self.flow.idle()
+            && self.c_skip == 0
+            && self.s_skip == 0
+            && self.s_out.is_empty()
+            && server.is_home()
+            && server.buf.is_empty();
+        if releasable {
+            let server = self.server.take().expect("bound");
+            log::trace!(
+                "shard {}: client pid {} releases server pid {}",
+                self.ctx.id,
+                self.session.pid,
+                server.pid
+            );
+            self.session.cancel.unbind();
+            self.return_server(server);
+        }
+        Ok(())
+    }
+
+    /// Returns a server at a clean boundary: straight to the pool, or via
+    /// a cleanup task when the client left session state on it.
+    fn return_server(&self, server: ServerConn) {
+        let pool = self.session.pool;
+        if server.dirty == Default::default() {
+            self.ctx.release(pool, server);
+        } else {
+            net::spawn(clean_and_release(self.ctx.clone(), pool, server));
+        }
+    }
+
+    /// The client sent Terminate or went away.
+    async fn on_terminate(&mut self) -> Result<(), End> {
+        Ok(())
+    }
+
+    /// Session over: give the server back if it is at a clean boundary (a
+    /// transaction left open is rolled back), otherwise close it.
+    pub fn abandon_server(&mut self) {
+        let Some(mut server) = self.server.take() else { return };
+        self.session.cancel.unbind();
+        let pool = self.session.pool;
+        let clean_boundary = self.flow.quiet()
+            && !self.flow.broken()
+            && self.c_skip == 0
+            && self.s_skip == 0
+            && self.s_out.is_empty()
+            && server.is_home()
+            && server.buf.is_empty();
+        if !clean_boundary {
+            self.ctx.discard(pool, server);
+            return;
+        }
+        if self.mode == PoolMode::Session {
+            server.dirty.session = true;
+        }
+        if self.flow.status() != b'I' {
+            net::spawn(rollback_and_release(self.ctx.clone(), pool, server));
+        } else {
+            self.return_server(server);
+        }
+    }
+
+    /// Ends the session cleanly (Terminate / EOF path).
+    pub fn finish(mut self) -> Session {
+        self.abandon_server();
+        self.session
+    }
+}
+
+enum Event {
+    ClientRead((ReadHalf, std::io::Result<usize>, Vec<u8>)),
+    ServerRead((ReadHalf, std::io::Result<usize>, Vec<u8>)),
+    ClientWrite((WriteHalf, std::io::Result<()>, Vec<u8>)),
+    ServerWrite((WriteHalf, std::io::Result<()>, Vec<u8>)),
+    Shutdown,
+}
+
+/// Runs `RESET ALL` or `DISCARD ALL` before pooling a server a client left
+/// session state on; closes it if that fails.
+async fn clean_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerConn) {
+    let sql = if server.dirty.session { "DISCARD ALL" } else { "RESET ALL" };
+    match server.run_simple(sql).await {
+        Ok(Ok(_)) => {
+            if server.dirty.session {
+                server.stmts.clear();
+            }
+            server.dirty = Default::default();
+            server.set_keys.clear();
+            server.params_digest = 0;
+            ctx.release(pool, server);
+        }
+        Ok(Err(e)) => {
+            log::warn!("shard {}: {sql} failed ({e}); closing the server connection", ctx.id);
+            ctx.discard(pool, server);
+        }
+        Err(e) => {
+            log::warn!("shard {}: {sql} failed ({e}); closing the server connection", ctx.id);
+            ctx.discard(pool, server);
+        }
+    }
+}
+
+/// Rolls back the transaction a departed client left open, then cleans.
+async fn rollback_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerConn) {
+    match server.run_simple("ROLLBACK").await {
+        Ok(Ok(_)) => {
+            if server.dirty == Default::default() {
+                ctx.release(pool, server);
+            } else {
+                clean_and_release(ctx, pool, server).await;
+            }
+        }
+        _ => ctx.discard(pool, server),
+    }
+}
