@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable};
+
+pub use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 /// The read side of a TCP connection.
@@ -118,6 +120,34 @@ pub fn arm_read(
 ) -> Option<impl Future<Output = (ReadHalf, io::Result<usize>, Vec<u8>)>> {
     match x {
         Some((h, b)) => Some(read_owned(h, b)),
+        None => None,
+    }
+}
+
+/// Like [`read_owned`], but the read can be cancelled through `handle`
+/// (it then completes with an error, or with data that arrived first), so
+/// the half can be taken back from an armed read.
+pub async fn read_owned_cancelable(
+    mut half: ReadHalf,
+    mut buf: Vec<u8>,
+    handle: CancelHandle,
+) -> (ReadHalf, io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    if buf.capacity() - len < MIN_READ_SPACE {
+        buf.reserve(MIN_READ_SPACE);
+    }
+    let cap = buf.capacity();
+    let (res, slice) = half.cancelable_read(buf.slice_mut(len..cap), handle).await;
+    (half, res, slice.into_inner())
+}
+
+/// Arms (Some) or disarms (None) a cancelable read slot (see [`arm_read`]).
+#[allow(clippy::manual_map)]
+pub fn arm_read_cancelable(
+    x: Option<(ReadHalf, Vec<u8>, CancelHandle)>,
+) -> Option<impl Future<Output = (ReadHalf, io::Result<usize>, Vec<u8>)>> {
+    match x {
+        Some((h, b, c)) => Some(read_owned_cancelable(h, b, c)),
         None => None,
     }
 }

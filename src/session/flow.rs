@@ -128,6 +128,11 @@ impl Flow {
         self.broken
     }
 
+    /// Marks the connection unfit for reuse.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
     pub fn take_undo(&mut self) -> Vec<Undo> {
         std::mem::take(&mut self.undo)
     }

@@ -65,7 +65,7 @@ pub struct Session {
 
 /// What the first packet asked for.
 pub enum Opening {
-    Login(Session, Option<ServerConn>),
+    Login(Session, Option<Box<ServerConn>>),
     /// A CancelRequest was handled; close the connection.
     Cancelled,
 }
@@ -228,7 +228,7 @@ async fn login(
         ctx.release(pool, server);
         Ok(Opening::Login(session, None))
     } else {
-        Ok(Opening::Login(session, Some(server)))
+        Ok(Opening::Login(session, Some(Box::new(server))))
     }
 }
 

@@ -33,6 +33,9 @@ use crate::session::SessionError;
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
 
+/// How long the end of a session waits for a write in flight.
+const SETTLE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum End {
@@ -86,7 +89,7 @@ enum Need {
 }
 
 impl Relay {
-    pub fn new(ctx: Rc<ShardCtx>, session: Session, server: Option<ServerConn>, c_in: Vec<u8>) -> Relay {
+    pub fn new(ctx: Rc<ShardCtx>, session: Session, server: Option<Box<ServerConn>>, c_in: Vec<u8>) -> Relay {
         let g = &ctx.shared.config.general;
         let mode = ctx.shared.pools[session.pool].mode;
         let max_msg = g.max_message_size;
@@ -113,7 +116,7 @@ impl Relay {
             c_skip_discard: 0,
         };
         if let Some(s) = server {
-            r.bind(s);
+            r.bind(*s);
         }
         r
     }
@@ -134,7 +137,8 @@ impl Relay {
     pub async fn run(mut self, client_rd: ReadHalf, client_wr: WriteHalf) -> (End, Option<WriteHalf>) {
         let mut c_read = pin!(net::arm_read(None));
         let mut c_write = pin!(net::arm_write(None));
-        let mut s_read = pin!(net::arm_read(None));
+        let mut s_read = pin!(net::arm_read_cancelable(None));
+        let s_cancel = net::Canceller::new();
         let mut s_write = pin!(net::arm_write(None));
         let shutdown_ctx = self.ctx.clone();
         let mut shutdown = pin!(shutdown_ctx.shutdown_signal());
@@ -144,9 +148,10 @@ impl Relay {
 
         // Bytes that arrived with the startup packet.
         if let Err(end) = self.process_client().await {
+            self.abandon_server();
             return (end, c_wr);
         }
-        loop {
+        let end = loop {
             // Start writes that have bytes waiting.
             if !self.c_out.is_empty() {
                 if let Some(wr) = c_wr.take() {
@@ -170,24 +175,13 @@ impl Relay {
             if s_read.is_none() && self.c_out.len() < PENDING_LIMIT {
                 if let Some(rd) = self.server.as_mut().and_then(|s| s.rd.take()) {
                     let buf = std::mem::take(&mut self.server.as_mut().expect("bound").buf);
-                    s_read.set(net::arm_read(Some((rd, buf))));
+                    s_read.set(net::arm_read_cancelable(Some((rd, buf, s_cancel.handle()))));
                 }
             }
-            if self.terminated && c_write.is_none() && self.c_out.is_empty() && self.server.is_none() {
-                return (End::ClientLeft, c_wr);
+            if self.terminated {
+                break End::ClientLeft;
             }
 
-            log::trace!(
-                "shard {}: client pid {} waits: bound={} flow={:?} c_skip={} s_skip={} s_out={} c_out={}",
-                self.ctx.id,
-                self.session.pid,
-                self.server.is_some(),
-                self.flow,
-                self.c_skip,
-                self.s_skip,
-                self.s_out.len(),
-                self.c_out.len()
-            );
             let ev = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = net::poll_slot(s_read.as_mut(), cx) {
                     return Poll::Ready(Event::ServerRead(r));
@@ -214,12 +208,12 @@ impl Relay {
                     c_rd = Some(rd);
                     self.c_in = buf;
                     match res {
-                        Ok(0) | Err(_) => Err(self.client_gone()),
+                        Ok(0) | Err(_) => Err(End::ClientLeft),
                         Ok(_) => self.process_client().await,
                     }
                 }
                 Event::ServerRead((rd, res, buf)) => {
-                    s_read.set(net::arm_read(None));
+                    s_read.set(net::arm_read_cancelable(None));
                     let s = self.server.as_mut().expect("server read while bound");
                     s.rd = Some(rd);
                     s.buf = buf;
@@ -237,7 +231,7 @@ impl Relay {
                     self.c_spare = buf;
                     match res {
                         Ok(()) => Ok(()),
-                        Err(_) => Err(self.client_gone()),
+                        Err(_) => Err(End::ClientLeft),
                     }
                 }
                 Event::ServerWrite((wr, res, buf)) => {
@@ -258,17 +252,44 @@ impl Relay {
                 }
             };
             if let Err(end) = step {
-                self.abandon_server();
-                return (end, c_wr);
+                break end;
             }
             if shutting_down && self.server.is_none() && self.c_in.is_empty() && self.c_out.is_empty() {
-                return (End::Shutdown, c_wr);
+                break End::Shutdown;
+            }
+        };
+        // Settle: take the server's halves back from operations in flight,
+        // so that a server at a clean boundary can be reused.
+        if self.server.is_some() {
+            if let Some(f) = s_read.as_mut().as_pin_mut() {
+                s_cancel.cancel();
+                let (rd, res, buf) = f.await;
+                s_read.set(net::arm_read_cancelable(None));
+                let s = self.server.as_mut().expect("bound");
+                s.rd = Some(rd);
+                s.buf = buf;
+                if matches!(res, Ok(n) if n > 0) && self.server_step().is_err() {
+                    self.flow.mark_broken();
+                }
+            }
+            if let Some(f) = s_write.as_mut().as_pin_mut() {
+                if let Some((wr, res, _)) = net::timeout(SETTLE_WRITE_TIMEOUT, f).await {
+                    if res.is_ok() {
+                        if let Some(s) = self.server.as_mut() {
+                            s.wr = Some(wr);
+                        }
+                    }
+                }
+                s_write.set(net::arm_write(None));
             }
         }
-    }
-
-    fn client_gone(&mut self) -> End {
-        End::ClientLeft
+        self.abandon_server();
+        if let Some(f) = c_write.as_mut().as_pin_mut() {
+            if let Some((wr, Ok(()), _)) = net::timeout(SETTLE_WRITE_TIMEOUT, f).await {
+                c_wr = Some(wr);
+            }
+        }
+        (end, c_wr)
     }
 
     /// Processes buffered client input as far as it goes, checking out a
@@ -280,7 +301,7 @@ impl Relay {
                 Ok(Need::Terminate) => {
                     self.terminated = true;
                     self.c_in.clear();
-                    return self.on_terminate().await;
+                    return Ok(());
                 }
                 Ok(Need::Server) => {
                     if self.ctx.shared.shutting_down() && self.flow.idle() {
@@ -805,7 +826,7 @@ impl Relay {
             if self.session.params.get(&name) != Some(value.as_str()) {
                 self.session.params.set(&name, &value);
             }
-            if !server.set_keys.iter().any(|k| *k == name) {
+            if !server.set_keys.contains(&name) {
                 server.set_keys.push(name);
             }
             server.params_digest = self.session.params.digest();
@@ -885,11 +906,6 @@ impl Relay {
         } else {
             net::spawn(clean_and_release(self.ctx.clone(), pool, server));
         }
-    }
-
-    /// The client sent Terminate or went away.
-    async fn on_terminate(&mut self) -> Result<(), End> {
-        Ok(())
     }
 
     /// Session over: give the server back if it is at a clean boundary (a
