@@ -26,13 +26,15 @@ pub struct PoolShared {
     cap: u32,
     /// Shards that have clients waiting because the cap is reached.
     starving: AtomicU32,
-    /// Fair share of one shard: `cap / shards`, at least 1.
+    /// Fair share of one shard: `cap / shards` (0 when there are more
+    /// shards than connections: then any idle connection is surplus while
+    /// another shard starves).
     fair_share: u32,
 }
 
 impl PoolShared {
     pub fn new(cap: u32, shards: usize) -> Self {
-        let fair_share = (cap / shards.max(1) as u32).max(1);
+        let fair_share = cap / shards.max(1) as u32;
         PoolShared { open: AtomicU32::new(0), cap, starving: AtomicU32::new(0), fair_share }
     }
 
@@ -290,6 +292,18 @@ mod tests {
         assert!(a.release(10, false, Instant::now()).is_some(), "surplus closed");
         assert!(matches!(b.checkout(3), Checkout::Open));
         assert!(a.release(11, false, Instant::now()).is_none(), "fair share kept");
+    }
+
+    #[test]
+    fn a_pool_of_one_moves_to_the_starving_shard() {
+        let shared = Arc::new(PoolShared::new(1, 2));
+        let mut a: PoolSlice<u32> = PoolSlice::new(shared.clone());
+        let mut b: PoolSlice<u32> = PoolSlice::new(shared.clone());
+        assert!(matches!(a.checkout(1), Checkout::Open));
+        assert!(a.release(1, false, Instant::now()).is_none());
+        assert!(matches!(b.checkout(2), Checkout::Wait));
+        assert_eq!(a.reap(Instant::now(), Duration::ZERO), vec![1]);
+        assert!(matches!(b.checkout(2), Checkout::Open));
     }
 
     #[test]

@@ -395,15 +395,24 @@ pub async fn sync_params(server: &mut ServerConn, want: &ParamSet) -> Result<(),
     }
     let sql = params::sync_sql(want, &server.params, &server.set_keys);
     if !sql.is_empty() {
-        if let Err(e) = server.run_simple(&sql).await? {
-            return Err(SessionError::ServerRefused(e));
+        let reported = match server.run_simple(&sql).await? {
+            Ok(changes) => changes,
+            Err(e) => return Err(SessionError::ServerRefused(e)),
+        };
+        // Reset names: their value is now the server's default, known only
+        // if the server reported it.
+        let reset: Vec<String> = server.set_keys.iter().filter(|k| want.get(k).is_none()).cloned().collect();
+        for k in &reset {
+            if !reported.iter().any(|(n, _)| n == k) {
+                server.params.remove(k);
+            }
         }
         server.set_keys.retain(|k| want.get(k).is_some());
         for (k, v) in want.iter() {
             if !server.set_keys.iter().any(|s| s == k) {
                 server.set_keys.push(k.to_string());
             }
-            if server.params.get(k).is_none() {
+            if !reported.iter().any(|(n, _)| n == k) {
                 server.params.set(k, v);
             }
         }

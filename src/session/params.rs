@@ -97,6 +97,14 @@ impl ParamSet {
         }
     }
 
+    /// Forgets `name` (its value on the server is no longer known).
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.pairs.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            self.pairs.remove(i);
+            self.rehash();
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok().map(|i| self.pairs[i].1.as_str())
     }
@@ -169,15 +177,25 @@ pub fn quote_literal(v: &str) -> String {
 }
 
 /// The statements that move a server from `have` (values the proxy knows
-/// it set, by name) to `want`, and from `set_before` (names the proxy set on
+/// it has, by name) to `want`, and from `set_before` (names the proxy set on
 /// it earlier) back to defaults where `want` has no value. Empty when
 /// nothing is to be done.
+///
+/// Values go through `set_config`, which takes them as raw strings exactly
+/// like a startup parameter: `SET search_path TO 'a,b'` would make that one
+/// quoted schema name, `set_config('search_path', 'a,b', false)` two.
 pub fn sync_sql(want: &ParamSet, have: &ParamSet, set_before: &[String]) -> String {
-    let mut sql = String::new();
+    let mut sets = Vec::new();
     for (k, v) in want.iter() {
         if have.get(k) != Some(v) {
-            sql.push_str(&format!("SET {k} TO {};", quote_literal(v)));
+            sets.push(format!("pg_catalog.set_config({}, {}, false)", quote_literal(k), quote_literal(v)));
         }
+    }
+    let mut sql = String::new();
+    if !sets.is_empty() {
+        sql.push_str("SELECT ");
+        sql.push_str(&sets.join(", "));
+        sql.push(';');
     }
     for k in set_before {
         if want.get(k).is_none() {
@@ -235,7 +253,10 @@ mod tests {
         let mut have = ParamSet::default();
         have.set("timezone", "UTC");
         let sql = sync_sql(&want, &have, &["timezone".to_string()]);
-        assert_eq!(sql, "SET application_name TO E'o''k\\\\';RESET timezone;");
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config(E'application_name', E'o''k\\\\', false);RESET timezone;"
+        );
         assert_eq!(sync_sql(&want, &want, &[]), "");
     }
 }

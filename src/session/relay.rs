@@ -33,6 +33,18 @@ use crate::session::SessionError;
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
 
+/// Reported parameters a client's change of which is not replayed on other
+/// server connections: read-only ones, and the session's identity.
+const NOT_REPLAYED: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "in_hot_standby",
+    "session_authorization",
+    "scram_iterations",
+];
+
 /// How long the end of a session waits for a write in flight.
 const SETTLE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -823,6 +835,10 @@ impl Relay {
     fn on_parameter_status(&mut self, body: &[u8]) {
         let server = self.server.as_mut().expect("bound");
         if let Some((name, value)) = server.on_parameter_status(body) {
+            if NOT_REPLAYED.contains(&name.as_str()) {
+                // Read-only or identity-changing: never replayed with SET.
+                return;
+            }
             if self.session.params.get(&name) != Some(value.as_str()) {
                 self.session.params.set(&name, &value);
             }
@@ -838,6 +854,10 @@ impl Relay {
         let tag = body.strip_suffix(&[0]).unwrap_or(body);
         let server = self.server.as_mut().expect("bound");
         let word = tag.split(|&b| b == b' ').next().unwrap_or(b"");
+        if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+            // The proxy's statements on this server are gone too.
+            server.stmts.clear();
+        }
         match word {
             b"SET" | b"RESET" => server.dirty.settings = true,
             b"PREPARE" | b"DEALLOCATE" | b"LISTEN" | b"UNLISTEN" | b"DISCARD" | b"LOAD" => {
@@ -950,10 +970,16 @@ enum Event {
     Shutdown,
 }
 
-/// Runs `RESET ALL` or `DISCARD ALL` before pooling a server a client left
+/// Runs `RESET ...` or `DISCARD ALL` before pooling a server a client left
 /// session state on; closes it if that fails.
 async fn clean_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerConn) {
-    let sql = if server.dirty.session { "DISCARD ALL" } else { "RESET ALL" };
+    // RESET ALL leaves `role` and `session_authorization` alone: reset them
+    // explicitly so a client's SET ROLE never reaches the next client.
+    let sql = if server.dirty.session {
+        "DISCARD ALL"
+    } else {
+        "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
+    };
     match server.run_simple(sql).await {
         Ok(Ok(_)) => {
             if server.dirty.session {

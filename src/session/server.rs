@@ -49,7 +49,7 @@ impl std::fmt::Debug for ServerLogin {
 /// must clean before another client uses it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Dirty {
-    /// A SET/RESET ran: run `RESET ALL`.
+    /// A SET/RESET ran: reset session authorization, role and settings.
     pub settings: bool,
     /// PREPARE, DEALLOCATE, LISTEN, DECLARE CURSOR, DISCARD...: run `DISCARD ALL`.
     pub session: bool,

@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# pgbench against Postgres directly, through pgwarden (release build) and
+# through PgBouncer, one target after the other for every cell, so slow drift
+# of the machine hits all three alike.
+#
+#   scripts/bench.sh [--quick] [--workers N] [--time SECS] [--scale N]
+#                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
+#   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
+#
+# Cells: select-only (-S) and tpcb-like, protocols simple/extended/prepared,
+# -c 16 and -c 64, plus select-only simple -C (a new connection per
+# transaction) at -c 16. Defaults: scale 10, -j 2, -T 15 each, pool size 20,
+# transaction pooling in both proxies. --quick runs 5 cells at -T 5.
+#
+# For each cell: TPS, average latency, TPS as a fraction of direct, and the
+# proxy's CPU time per transaction (utime+stime of its process from
+# /proc/PID/stat before and after, over transactions done; microseconds).
+# Prints a markdown table (and writes it to --out FILE).
+#
+# PgBouncer runs from Debian's package, auth_type scram-sha-256 with the same
+# role's SCRAM secret in its userlist. Prepared statements in transaction mode
+# need PgBouncer >= 1.21 (max_prepared_statements); with an older one its
+# prepared cells are reported as n/a.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+QUICK=0
+WORKERS=auto
+DURATION=
+SCALE=10
+POOL_SIZE=20
+OUT=
+WITH_PGBOUNCER=1
+BUILD=1
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --workers) WORKERS=$2; shift ;;
+        --time | -T) DURATION=$2; shift ;;
+        --scale) SCALE=$2; shift ;;
+        --pool-size) POOL_SIZE=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        --no-pgbouncer) WITH_PGBOUNCER=0 ;;
+        --no-build) BUILD=0 ;;
+        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ -z $DURATION ]]; then
+    if [[ $QUICK -eq 1 ]]; then DURATION=5; else DURATION=15; fi
+fi
+[[ $WORKERS == auto || $WORKERS =~ ^[0-9]+$ ]] || { echo "--workers: a number or auto" >&2; exit 2; }
+
+APP_USER=app
+APP_PASSWORD=app-secret
+DB=bench
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '%s\n' "$*" >&2; }
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() {
+    local port=$1
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# utime + stime of a process, in clock ticks.
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+WORK=
+PROXY_PID=
+PGB_PID=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
+        kill -TERM "$PROXY_PID" 2>/dev/null || true
+        for _ in $(seq 1 350); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
+    if [[ -n $PGB_PID ]]; then
+        kill -TERM "$PGB_PID" 2>/dev/null || true
+    fi
+    if [[ -n $WORK && -d $WORK ]]; then
+        bash "$ROOT/scripts/pg.sh" stop "$WORK/pg" >/dev/null 2>&1 || true
+        if [[ $rc -ne 0 ]]; then
+            log "logs kept in $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+bash "$ROOT/scripts/install-deps.sh"
+PG_BIN=$(bash "$ROOT/scripts/pg.sh" bindir)
+
+# PGWARDEN_BIN=path runs another build (nothing is built then).
+if [[ -n ${PGWARDEN_BIN:-} ]]; then
+    BIN=$PGWARDEN_BIN
+else
+    if [[ $BUILD -eq 1 ]]; then
+        log "building pgwarden (release)..."
+        cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+    fi
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    BIN=$TARGET_DIR/release/pgwarden
+fi
+[[ -x $BIN ]] || { log "no release binary at $BIN"; exit 1; }
+
+WORK=$(mktemp -d -t pgwarden-bench.XXXXXX)
+chmod 755 "$WORK"
+
+# --- Postgres ---------------------------------------------------------------
+PG_PORT=$(free_port)
+bash "$ROOT/scripts/pg.sh" start "$WORK/pg" "$PG_PORT" 2>/dev/null
+psql_su() { bash "$ROOT/scripts/pg.sh" psql "$WORK/pg" "$PG_PORT" -q -v ON_ERROR_STOP=1 "$@"; }
+psql_su -d postgres -c "CREATE ROLE $APP_USER LOGIN PASSWORD '$APP_PASSWORD'" -c "CREATE DATABASE $DB OWNER $APP_USER"
+export PGPASSWORD=$APP_PASSWORD
+log "initialising pgbench data, scale $SCALE..."
+"$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" -i -q -s "$SCALE" "$DB" >"$WORK/init.log" 2>&1 ||
+    { cat "$WORK/init.log" >&2; exit 1; }
+
+# --- pgwarden ---------------------------------------------------------------
+if [[ $WORKERS == auto ]]; then WORKERS_TOML='"auto"'; else WORKERS_TOML=$WORKERS; fi
+cat >"$WORK/pgwarden.toml" <<EOF
+[general]
+listen = "127.0.0.1:0"
+workers = $WORKERS_TOML
+pool_mode = "transaction"
+default_pool_size = $POOL_SIZE
+log_level = "warn"
+
+[[databases]]
+name = "$DB"
+host = "127.0.0.1"
+port = $PG_PORT
+
+[[users]]
+name = "$APP_USER"
+password = "$APP_PASSWORD"
+EOF
+# log_level warn keeps per-connection logging off the measured path, but the
+# `listening on` line is info: start at info if warn hides it.
+start_pgwarden() {
+    "$BIN" --config "$WORK/pgwarden.toml" 2>"$WORK/pgwarden.log" &
+    PROXY_PID=$!
+    for _ in $(seq 1 200); do
+        PROXY_ADDR=$(grep -o 'listening on [^ ]*' "$WORK/pgwarden.log" | head -n 1 | awk '{print $3}' | tr -d ',' || true)
+        [[ -n $PROXY_ADDR ]] && return 0
+        kill -0 "$PROXY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -TERM "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=
+    return 1
+}
+PROXY_ADDR=
+if ! start_pgwarden; then
+    sed -i 's/^log_level = "warn"/log_level = "info"/' "$WORK/pgwarden.toml"
+    start_pgwarden || { cat "$WORK/pgwarden.log" >&2; log "pgwarden did not start"; exit 1; }
+fi
+PROXY_PORT=${PROXY_ADDR##*:}
+log "pgwarden pid $PROXY_PID on $PROXY_ADDR (workers $WORKERS)"
+
+# --- PgBouncer --------------------------------------------------------------
+PGB_VERSION=
+PGB_PREPARED=0
+if [[ $WITH_PGBOUNCER -eq 1 ]]; then
+    command -v pgbouncer >/dev/null || { log "pgbouncer not installed"; exit 1; }
+    PGB_VERSION=$(pgbouncer --version | awk 'NR == 1 {print $2}')
+    if [[ $(printf '1.21\n%s\n' "$PGB_VERSION" | sort -V | head -n 1) == 1.21 ]]; then
+        PGB_PREPARED=1 # max_prepared_statements exists from 1.21 on
+    fi
+    PGB_PORT=$(free_port)
+    mkdir -p "$WORK/pgbouncer"
+    SECRET=$(psql_su -d postgres -At -c "SELECT rolpassword FROM pg_authid WHERE rolname = '$APP_USER'")
+    printf '"%s" "%s"\n' "$APP_USER" "$SECRET" >"$WORK/pgbouncer/userlist.txt"
+    {
+        echo "[databases]"
+        echo "$DB = host=127.0.0.1 port=$PG_PORT dbname=$DB"
+        echo "[pgbouncer]"
+        echo "listen_addr = 127.0.0.1"
+        echo "listen_port = $PGB_PORT"
+        echo "unix_socket_dir ="
+        echo "auth_type = scram-sha-256"
+        echo "auth_file = $WORK/pgbouncer/userlist.txt"
+        echo "pool_mode = transaction"
+        echo "default_pool_size = $POOL_SIZE"
+        echo "max_client_conn = 1000"
+        echo "logfile = $WORK/pgbouncer/pgbouncer.log"
+        echo "pidfile = $WORK/pgbouncer/pgbouncer.pid"
+        if [[ $PGB_PREPARED -eq 1 ]]; then echo "max_prepared_statements = 200"; fi
+    } >"$WORK/pgbouncer/pgbouncer.ini"
+    if [[ $(id -u) -eq 0 ]]; then
+        chown -R postgres: "$WORK/pgbouncer"
+        runuser -u postgres -- pgbouncer -d "$WORK/pgbouncer/pgbouncer.ini"
+    else
+        pgbouncer -d "$WORK/pgbouncer/pgbouncer.ini"
+    fi
+    wait_port "$PGB_PORT" || { cat "$WORK/pgbouncer/pgbouncer.log" >&2; log "pgbouncer did not start"; exit 1; }
+    PGB_PID=$(cat "$WORK/pgbouncer/pgbouncer.pid")
+    log "PgBouncer $PGB_VERSION pid $PGB_PID on 127.0.0.1:$PGB_PORT (prepared statements: $PGB_PREPARED)"
+fi
+
+# --- cells ------------------------------------------------------------------
+# workload protocol clients extra-flags
+if [[ $QUICK -eq 1 ]]; then
+    CELLS=(
+        "select-only simple 16 -"
+        "select-only prepared 16 -"
+        "tpcb-like extended 16 -"
+        "select-only prepared 64 -"
+        "select-only simple 16 -C"
+    )
+else
+    CELLS=()
+    for workload in select-only tpcb-like; do
+        for protocol in simple extended prepared; do
+            for clients in 16 64; do
+                CELLS+=("$workload $protocol $clients -")
+            done
+        done
+    done
+    CELLS+=("select-only simple 16 -C")
+fi
+TARGETS=(direct pgwarden)
+[[ $WITH_PGBOUNCER -eq 1 ]] && TARGETS+=(pgbouncer)
+
+target_port() {
+    case $1 in
+        direct) echo "$PG_PORT" ;;
+        pgwarden) echo "$PROXY_PORT" ;;
+        pgbouncer) echo "$PGB_PORT" ;;
+    esac
+}
+target_pid() {
+    case $1 in
+        direct) echo "" ;;
+        pgwarden) echo "$PROXY_PID" ;;
+        pgbouncer) echo "$PGB_PID" ;;
+    esac
+}
+
+ROWS=()
+run_cell() {
+    local workload=$1 protocol=$2 clients=$3 extra=$4 target=$5
+    local label=$workload
+    [[ $extra == -C ]] && label="$workload -C"
+    if [[ $target == pgbouncer && $protocol == prepared && $PGB_PREPARED -eq 0 ]]; then
+        ROWS+=("| $label | $protocol | $clients | $target | n/a | n/a | n/a | n/a (PgBouncer $PGB_VERSION < 1.21) |")
+        return
+    fi
+    local port pid args=(-n -M "$protocol" -c "$clients" -j 2 -T "$DURATION")
+    port=$(target_port "$target")
+    pid=$(target_pid "$target")
+    [[ $workload == select-only ]] && args+=(-S)
+    [[ $extra == -C ]] && args+=(-C)
+    local before=0 after=0 out rc=0
+    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+    out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$APP_USER" "${args[@]}" "$DB" 2>"$WORK/pgbench.err") || rc=$?
+    [[ -n $pid ]] && after=$(cpu_ticks "$pid")
+    local tps latency processed failed
+    tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
+    latency=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
+    processed=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]; exit}' <<<"$out")
+    failed=$(awk -F': ' '/^number of failed transactions/ {split($2, a, " "); print a[1]; exit}' <<<"$out")
+    if [[ $rc -ne 0 || -z $tps || -z $processed || $processed -eq 0 ]]; then
+        {
+            echo "### $label $protocol c=$clients via $target: pgbench exit $rc"
+            echo "$out"
+            cat "$WORK/pgbench.err"
+        } >>"$WORK/errors.log"
+        log "  $target: FAILED (exit $rc): $(grep -m1 -i error "$WORK/pgbench.err" || true)"
+        ROWS+=("| $label | $protocol | $clients | $target | error | - | - | - |")
+        return
+    fi
+    local ratio=- cpu=-
+    if [[ $target == direct ]]; then
+        DIRECT_TPS=$tps
+        ratio=1.00
+    elif [[ -n ${DIRECT_TPS:-} ]]; then
+        ratio=$(awk -v a="$tps" -v b="$DIRECT_TPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+    fi
+    if [[ -n $pid ]]; then
+        cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$processed" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    fi
+    local note=""
+    [[ -n $failed && $failed != 0 ]] && note=" ($failed failed)"
+    ROWS+=("| $label | $protocol | $clients | $target | $(printf '%.0f' "$tps")$note | $latency | $ratio | $cpu |")
+    log "  $target: tps $tps, latency $latency ms, vs direct $ratio, proxy CPU $cpu us/txn"
+}
+
+log "running ${#CELLS[@]} cells x ${#TARGETS[@]} targets, -T $DURATION each"
+for cell in "${CELLS[@]}"; do
+    read -r workload protocol clients extra <<<"$cell"
+    log "$workload $protocol -c $clients$([[ $extra == -C ]] && echo ' -C')"
+    DIRECT_TPS=
+    for target in "${TARGETS[@]}"; do
+        run_cell "$workload" "$protocol" "$clients" "$extra" "$target"
+    done
+done
+
+# --- report -----------------------------------------------------------------
+{
+    echo "## pgbench: direct vs pgwarden vs PgBouncer"
+    echo
+    echo "$(nproc) cores; Postgres $("$PG_BIN/postgres" -V | awk '{print $3}'); scale $SCALE; -j 2 -T $DURATION;" \
+        "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS${PGB_VERSION:+; PgBouncer $PGB_VERSION}"
+    echo
+    echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
+    echo "|---|---|---:|---|---:|---:|---:|---:|"
+    printf '%s\n' "${ROWS[@]}"
+    if [[ -s $WORK/errors.log ]]; then
+        echo
+        echo "Some runs failed; their output:"
+        echo
+        echo '```'
+        cat "$WORK/errors.log"
+        echo '```'
+    fi
+} | tee ${OUT:+"$OUT"}
