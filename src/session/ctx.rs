@@ -167,25 +167,35 @@ impl ShardCtx {
     }
 
     /// Gets a server connection from pool `idx` within the checkout timeout.
+    /// Safe to cancel (drop) at any await: the wait queue and the pool's
+    /// budget are restored by guards.
     pub async fn checkout(&self, idx: usize) -> Result<ServerConn, SessionError> {
         let timeout = Duration::from_millis(self.shared.config.general.checkout_timeout_ms);
         let deadline = Instant::now() + timeout;
-        let id = self.next_id();
+        let guard = WaiterGuard { ctx: self, idx, id: self.next_id() };
+        let id = guard.id;
         loop {
             match self.with_slice(idx, |s| s.checkout(id)) {
-                Checkout::Idle(conn) => match self.usable(conn) {
-                    Some(conn) => return Ok(conn),
-                    None => {
-                        self.with_slice(idx, |s| s.closed());
-                        continue;
+                Checkout::Idle(conn) => {
+                    // Several connections may have come back while this
+                    // waiter was waking up: pass the turn on.
+                    self.wake_next_if_available(idx);
+                    match self.usable(conn) {
+                        Some(conn) => return Ok(conn),
+                        None => {
+                            self.with_slice(idx, |s| s.closed());
+                            continue;
+                        }
                     }
-                },
-                Checkout::Open => return self.open(idx).await,
+                }
+                Checkout::Open => {
+                    self.wake_next_if_available(idx);
+                    return self.open(idx).await;
+                }
                 Checkout::Wait => {
                     let now = Instant::now();
                     if now >= deadline {
-                        self.with_slice(idx, |s| s.cancel_wait(id));
-                        self.waiters.borrow_mut().remove(&id);
+                        drop(guard);
                         let p = &self.shared.pools[idx];
                         return Err(SessionError::PoolExhausted {
                             user: p.user.clone(),
@@ -220,7 +230,11 @@ impl ShardCtx {
                 self.shared.scram_keys.lock().unwrap_or_else(|p| p.into_inner()).get(&def.user).cloned();
         }
         let cache = self.shared.config.general.prepared_statements_cache_size.max(1) as usize;
-        match ServerConn::connect(&login, cache).await {
+        // Gives the budget back if this future is dropped mid-connect.
+        let mut lease = LeaseGuard { ctx: self, idx, armed: true };
+        let res = ServerConn::connect(&login, cache).await;
+        lease.armed = false;
+        match res {
             Ok(c) => {
                 log::debug!(
                     "shard {}: opened server connection to {} for pool {}/{}",
@@ -257,8 +271,18 @@ impl ShardCtx {
         self.wake_first(idx);
     }
 
+    fn wake_next_if_available(&self, idx: usize) {
+        let available = self.with_slice(idx, |s| s.idle_count() > 0 || s.shared().open() < s.shared().cap());
+        if available {
+            self.wake_first(idx);
+        }
+    }
+
     fn wake_first(&self, idx: usize) {
         if let Some(w) = self.with_slice(idx, |s| s.first_waiter()) {
+            if self.woken.borrow().contains(&w) {
+                return; // already woken, not yet run
+            }
             self.woken.borrow_mut().insert(w);
             if let Some(Some(waker)) = self.waiters.borrow_mut().remove(&w) {
                 waker.wake();
@@ -298,6 +322,38 @@ impl ShardCtx {
     /// A future that completes when shutdown begins.
     pub fn shutdown_signal(&self) -> ShutdownSignal<'_> {
         ShutdownSignal { ctx: self, id: self.next_id(), registered: false }
+    }
+}
+
+/// Removes a waiter from the pool's queue however its checkout ends.
+struct WaiterGuard<'a> {
+    ctx: &'a ShardCtx,
+    idx: usize,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.with_slice(self.idx, |s| s.cancel_wait(self.id));
+        self.ctx.waiters.borrow_mut().remove(&self.id);
+        self.ctx.woken.borrow_mut().remove(&self.id);
+    }
+}
+
+/// Gives back the budget of a connection being opened if the opening is
+/// abandoned (its future dropped).
+struct LeaseGuard<'a> {
+    ctx: &'a ShardCtx,
+    idx: usize,
+    armed: bool,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.ctx.with_slice(self.idx, |s| s.open_failed());
+            self.ctx.wake_first(self.idx);
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Undo {
     pub client_name: Option<Rc<[u8]>>,
     /// The server-side statement id, to forget on this server.
     pub server_stmt: Option<u64>,
+    /// A statement the proxy meant to evict but the server kept (its Close
+    /// was skipped after an error): to remember again.
+    pub kept_stmt: Option<u64>,
 }
 
 /// What the server will answer, in order.
@@ -44,6 +47,7 @@ pub enum Expect {
     /// CloseComplete. `swallow`: injected by the proxy (cache eviction).
     Close {
         swallow: bool,
+        evicted: Option<u64>,
     },
     /// ParameterDescription, then RowDescription or NoData.
     DescribeStatement,
@@ -91,6 +95,14 @@ pub struct Flow {
     undo: Vec<Undo>,
     /// Client statement names whose Parse the server accepted.
     parsed: Vec<Rc<[u8]>>,
+    /// The last ReadyForQuery ended a client's simple query.
+    ready_ended_client_query: bool,
+    /// Extended-protocol messages were sent since the last Sync: the server
+    /// is inside an unfinished batch (an implicit transaction, portals).
+    batch_open: bool,
+    /// An error arrived before the Sync that ends its batch: the server is
+    /// discarding everything up to that Sync.
+    skipping: bool,
 }
 
 impl Flow {
@@ -98,26 +110,52 @@ impl Flow {
         Flow { status: b'I', ..Default::default() }
     }
 
-    pub fn push(&mut self, e: Expect) {
+    /// Records what the server will answer to a message the relay sends.
+    /// Returns false when the server will ignore the message (it is
+    /// skipping to Sync after an error, or a Sync arrives during COPY IN):
+    /// then nothing is expected and synthesized answers are dropped.
+    pub fn push(&mut self, e: Expect) -> bool {
         if self.client_in_copy && matches!(e, Expect::Sync) {
-            return; // the server ignores Sync during COPY IN
+            return false; // the server ignores Sync during COPY IN
         }
         if matches!(e, Expect::CopyEnd) {
             self.client_in_copy = false;
         }
+        if self.skipping {
+            if !matches!(e, Expect::Sync) {
+                self.record_undo(e);
+                return false;
+            }
+            self.skipping = false;
+        }
+        match e {
+            Expect::Sync => self.batch_open = false,
+            Expect::Query { .. } | Expect::FunctionCall | Expect::CopyEnd => {}
+            _ => self.batch_open = true,
+        }
         self.queue.push_back(e);
+        true
+    }
+
+    /// A Flush was sent: like any extended message it opens a batch.
+    pub fn note_flush(&mut self) {
+        if !self.skipping {
+            self.batch_open = true;
+        }
     }
 
     /// True when nothing is outstanding and the server is outside a
-    /// transaction block: the connection may go back to the pool.
+    /// transaction block and any batch: the connection may go back to the
+    /// pool.
     pub fn idle(&self) -> bool {
-        self.queue.is_empty() && self.status == b'I' && !self.client_in_copy
+        self.quiet() && self.status == b'I'
     }
 
-    /// Nothing outstanding (the server waits for the client), whatever the
-    /// transaction status.
+    /// Nothing outstanding (the server waits for the client at a message
+    /// boundary a new request can start from), whatever the transaction
+    /// status.
     pub fn quiet(&self) -> bool {
-        self.queue.is_empty() && !self.client_in_copy
+        self.queue.is_empty() && !self.client_in_copy && !self.batch_open && !self.skipping
     }
 
     pub fn status(&self) -> u8 {
@@ -126,6 +164,11 @@ impl Flow {
 
     pub fn broken(&self) -> bool {
         self.broken
+    }
+
+    /// Whether the last ReadyForQuery ended a simple query the client sent.
+    pub fn ready_ended_client_query(&self) -> bool {
+        self.ready_ended_client_query
     }
 
     /// Marks the connection unfit for reuse.
@@ -252,7 +295,7 @@ impl Flow {
 
     fn on_close_complete(&mut self) -> Verdict {
         match self.queue.front() {
-            Some(Expect::Close { swallow }) => {
+            Some(Expect::Close { swallow, .. }) => {
                 let v = self.swallow_if(*swallow);
                 self.queue.pop_front();
                 v
@@ -296,12 +339,20 @@ impl Flow {
             Some(Expect::Sync | Expect::FunctionCall) => Verdict::Forward,
             Some(_) => {
                 self.client_in_copy = false;
-                while let Some(e) = self.queue.front() {
-                    if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) {
-                        break;
+                loop {
+                    match self.queue.front() {
+                        Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) => break,
+                        Some(_) => {
+                            let e = self.queue.pop_front().expect("front exists");
+                            self.record_undo(e);
+                        }
+                        None => {
+                            // The Sync has not been sent yet: everything the
+                            // client sends until then is skipped.
+                            self.skipping = true;
+                            break;
+                        }
                     }
-                    let e = self.queue.pop_front().expect("front exists");
-                    self.record_undo(e);
                 }
                 Verdict::Forward
             }
@@ -314,14 +365,19 @@ impl Flow {
             // A statement the server already had: only the client's name
             // must go, since Postgres would have skipped this Parse.
             Expect::Fake(Fake::ParseComplete, Some(u)) => {
-                self.undo.push(Undo { client_name: u.client_name, server_stmt: None })
+                self.undo.push(Undo { client_name: u.client_name, server_stmt: None, kept_stmt: None })
+            }
+            Expect::Close { evicted: Some(id), .. } => {
+                self.undo.push(Undo { client_name: None, server_stmt: None, kept_stmt: Some(id) })
             }
             _ => {}
         }
     }
 
     fn on_ready(&mut self, status: u8) -> Verdict {
-        let verdict = match self.queue.pop_front() {
+        let popped = self.queue.pop_front();
+        self.ready_ended_client_query = matches!(popped, Some(Expect::Query { swallow: false }));
+        let verdict = match popped {
             Some(Expect::Sync | Expect::FunctionCall | Expect::Query { swallow: false }) => Verdict::Forward,
             Some(Expect::Query { swallow: true }) => Verdict::Swallow,
             _ => {
@@ -415,7 +471,9 @@ mod tests {
     #[test]
     fn error_skips_to_sync_and_undoes_parses() {
         let mut f = Flow::new();
-        let undo = |n: &[u8], s| Some(Box::new(Undo { client_name: Some(n.into()), server_stmt: Some(s) }));
+        let undo = |n: &[u8], s| {
+            Some(Box::new(Undo { client_name: Some(n.into()), server_stmt: Some(s), kept_stmt: None }))
+        };
         f.push(Expect::Parse { swallow: false, undo: undo(b"a", 1) });
         f.push(Expect::Fake(Fake::ParseComplete, undo(b"b", 2)));
         f.push(Expect::Bind);
@@ -458,6 +516,49 @@ mod tests {
         assert_eq!(f.on_server(b'C', 0), Verdict::Forward);
         assert_eq!(f.on_server(b'Z', b'I'), Verdict::Forward);
         assert!(f.idle());
+    }
+
+    #[test]
+    fn error_before_sync_skips_what_follows_until_sync() {
+        let mut f = Flow::new();
+        assert!(f.push(Expect::Parse { swallow: false, undo: None }));
+        assert_eq!(f.on_server(b'E', 0), Verdict::Forward);
+        assert!(!f.quiet() && !f.idle(), "the server is skipping until Sync");
+        let undo =
+            Some(Box::new(Undo { client_name: Some(b"n"[..].into()), server_stmt: None, kept_stmt: None }));
+        assert!(!f.push(Expect::Fake(Fake::ParseComplete, undo)));
+        assert!(!f.push(Expect::Bind));
+        assert!(!f.push(Expect::Query { swallow: false }));
+        assert!(fakes(&mut f).is_empty());
+        assert_eq!(f.take_undo().len(), 1);
+        assert!(f.push(Expect::Sync));
+        assert_eq!(f.on_server(b'Z', b'I'), Verdict::Forward);
+        assert!(f.idle());
+    }
+
+    #[test]
+    fn a_batch_without_sync_is_not_idle() {
+        let mut f = Flow::new();
+        f.push(Expect::Bind);
+        f.push(Expect::Execute);
+        f.note_flush();
+        assert_eq!(f.on_server(b'2', 0), Verdict::Forward);
+        assert_eq!(f.on_server(b'D', 0), Verdict::Forward);
+        assert_eq!(f.on_server(b's', 0), Verdict::Forward);
+        assert!(!f.idle() && !f.quiet(), "portal and implicit transaction still open");
+        f.push(Expect::Sync);
+        assert_eq!(f.on_server(b'Z', b'I'), Verdict::Forward);
+        assert!(f.idle());
+    }
+
+    #[test]
+    fn skipped_eviction_is_undone() {
+        let mut f = Flow::new();
+        f.push(Expect::Bind);
+        f.push(Expect::Close { swallow: true, evicted: Some(9) });
+        f.push(Expect::Sync);
+        assert_eq!(f.on_server(b'E', 0), Verdict::Forward);
+        assert_eq!(f.take_undo()[0].kept_stmt, Some(9));
     }
 
     #[test]

@@ -221,7 +221,11 @@ async fn login(
     let mut counter = ctx.cancel_counter.get();
     let (pid, cancel) = ctx.shared.cancel.register(ctx.id, &mut counter, key);
     ctx.cancel_counter.set(counter);
-    conn.send(welcome(&server, pid, key)).await.inspect_err(|_| ctx.shared.cancel.unregister(pid))?;
+    if let Err(e) = conn.send(welcome(&server, pid, key)).await {
+        ctx.shared.cancel.unregister(pid);
+        ctx.release(pool, server);
+        return Err(e);
+    }
     let session = Session { user, database, pool, params, pid, cancel };
     let mode = ctx.shared.pools[pool].mode;
     if mode == crate::config::PoolMode::Transaction {

@@ -97,6 +97,15 @@ impl ParamSet {
         }
     }
 
+    /// Keeps only the names `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let before = self.pairs.len();
+        self.pairs.retain(|(k, _)| keep(k));
+        if self.pairs.len() != before {
+            self.rehash();
+        }
+    }
+
     /// Forgets `name` (its value on the server is no longer known).
     pub fn remove(&mut self, name: &str) {
         if let Ok(i) = self.pairs.binary_search_by(|(k, _)| k.as_str().cmp(name)) {

@@ -25,6 +25,9 @@ pub struct StmtDef {
     pub server_name: Box<[u8]>,
     pub query: Box<[u8]>,
     pub param_types: Box<[u32]>,
+    /// Running it may leave session state no command tag reveals
+    /// ([`crate::sql::may_leave_session_state`]).
+    pub session_state: bool,
     /// Pools on whose servers this text parsed successfully: a client may
     /// prepare it there without waiting for a server connection.
     validated: std::cell::RefCell<Vec<usize>>,
@@ -91,6 +94,7 @@ impl Registry {
             server_name: format!("{SERVER_NAME_PREFIX}{id}").into_bytes().into_boxed_slice(),
             query: query.into(),
             param_types: types.into(),
+            session_state: crate::sql::may_leave_session_state(query),
             validated: Default::default(),
         });
         self.by_hash.entry(h).or_default().push(def.clone());
@@ -188,6 +192,14 @@ impl ServerStatements {
         };
         self.used.insert(id, self.tick);
         evicted
+    }
+
+    /// Remembers `id` again without evicting anything (the server kept a
+    /// statement the proxy tried to close): the cache may exceed its cap
+    /// until the next eviction.
+    pub fn keep(&mut self, id: u64) {
+        self.tick += 1;
+        self.used.insert(id, self.tick);
     }
 
     pub fn forget(&mut self, id: u64) {

@@ -13,6 +13,7 @@
 //! ErrorResponse). Everything else passes through without being buffered
 //! whole.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
@@ -29,6 +30,10 @@ use crate::session::login::{self, Session};
 use crate::session::prepared::{ClientStatements, StmtDef};
 use crate::session::server::{PgError, ServerConn};
 use crate::session::SessionError;
+use crate::sql::{sql_prepared, SqlPrepared};
+
+/// Simple queries up to this size are checked for PREPARE/EXECUTE/DEALLOCATE.
+const SQL_PREPARED_INSPECT_MAX: usize = 64 * 1024;
 
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
@@ -69,6 +74,11 @@ pub struct Relay {
     server: Option<ServerConn>,
     flow: Flow,
     stmts: ClientStatements,
+    /// The client's SQL-level prepared statements: name -> PREPARE text.
+    sql_stmts: HashMap<String, Rc<[u8]>>,
+    /// For each simple query in flight, what it does to SQL-level prepared
+    /// statements (applied when its CommandComplete arrives).
+    sql_pending: VecDeque<Option<(SqlPrepared, Rc<[u8]>)>>,
     /// Client bytes read and not yet processed.
     c_in: Vec<u8>,
     /// Bytes of the current client message still to stream to the server.
@@ -115,6 +125,8 @@ impl Relay {
             server: None,
             flow: Flow::new(),
             stmts: ClientStatements::default(),
+            sql_stmts: HashMap::new(),
+            sql_pending: VecDeque::new(),
             c_in,
             c_skip: 0,
             s_skip: 0,
@@ -178,7 +190,11 @@ impl Relay {
                 }
             }
             // Arm reads unless the other side is backed up.
-            if c_read.is_none() && !self.terminated && self.s_out.len() < PENDING_LIMIT {
+            if c_read.is_none()
+                && !self.terminated
+                && self.s_out.len() < PENDING_LIMIT
+                && self.c_out.len() < PENDING_LIMIT
+            {
                 if let Some(rd) = c_rd.take() {
                     let buf = std::mem::take(&mut self.c_in);
                     c_read.set(net::arm_read(Some((rd, buf))));
@@ -242,6 +258,7 @@ impl Relay {
                     c_wr = Some(wr);
                     self.c_spare = buf;
                     match res {
+                        Ok(()) if !self.c_in.is_empty() && c_read.is_none() => self.process_client().await,
                         Ok(()) => Ok(()),
                         Err(_) => Err(End::ClientLeft),
                     }
@@ -254,6 +271,10 @@ impl Relay {
                         None => drop(wr),
                     }
                     match res {
+                        // Input held back while the server was slow to read.
+                        Ok(()) if !self.c_in.is_empty() && self.server.is_some() => {
+                            self.process_client().await
+                        }
                         Ok(()) => self.maybe_release().await,
                         Err(e) => Err(End::Error(SessionError::ServerLost(e.to_string()))),
                     }
@@ -352,8 +373,9 @@ impl Relay {
         );
         backend::error_response(&mut self.c_out, "ERROR", e.sqlstate(), &e.client_message());
         match self.c_in.first() {
-            // A simple query: drop it (streaming any part not yet here).
-            Some(b'Q') => {
+            // A simple query or function call: drop it (streaming any part
+            // not yet here) and answer ReadyForQuery.
+            Some(b'Q' | b'F') => {
                 let h = frame::read_header(&self.c_in, self.max_msg)
                     .map_err(|pe| End::Error(pe.into()))?
                     .expect("a header was read before");
@@ -437,7 +459,7 @@ impl Relay {
                 Some(used) => pos += used,
                 None => break Ok(Need::Input),
             }
-            if self.s_out.len() >= PENDING_LIMIT {
+            if self.s_out.len() >= PENDING_LIMIT || self.c_out.len() >= PENDING_LIMIT {
                 break Ok(Need::Input);
             }
         };
@@ -527,7 +549,33 @@ impl Relay {
         let whole = avail >= h.total_len();
         match h.tag {
             b'Q' => {
-                self.flow.push(Expect::Query { swallow: false });
+                if !whole && h.total_len() <= SQL_PREPARED_INSPECT_MAX {
+                    return self.need_whole(h, pos);
+                }
+                if !whole {
+                    // Too large to inspect: assume the worst.
+                    self.server.as_mut().expect("bound").dirty.session = true;
+                    if self.flow.push(Expect::Query { swallow: false }) {
+                        self.sql_pending.push_back(None);
+                    }
+                    return Ok(Some(self.stream(h, pos)));
+                }
+                let text = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
+                let text = text.strip_suffix(&[0]).unwrap_or(text);
+                if crate::sql::mentions_reserved_name(text) {
+                    return Ok(Some(self.refuse_reserved_query(h)));
+                }
+                if crate::sql::may_leave_session_state(text) {
+                    self.server.as_mut().expect("bound").dirty.session = true;
+                }
+                let pending = sql_prepared(text).map(|a| {
+                    self.prepare_sql_statement_for(&a);
+                    let text = &self.c_in[pos + HEADER_LEN..pos + h.total_len() - 1];
+                    (a, Rc::from(text))
+                });
+                if self.flow.push(Expect::Query { swallow: false }) {
+                    self.sql_pending.push_back(pending);
+                }
                 Ok(Some(self.stream(h, pos)))
             }
             b'd' | b'F' => {
@@ -541,10 +589,16 @@ impl Relay {
                     return self.need_whole(h, pos);
                 }
                 match h.tag {
-                    b'E' => self.flow.push(Expect::Execute),
-                    b'S' => self.flow.push(Expect::Sync),
-                    b'c' | b'f' => self.flow.push(Expect::CopyEnd),
-                    _ => {}
+                    b'E' => {
+                        self.flow.push(Expect::Execute);
+                    }
+                    b'S' => {
+                        self.flow.push(Expect::Sync);
+                    }
+                    b'c' | b'f' => {
+                        self.flow.push(Expect::CopyEnd);
+                    }
+                    _ => self.flow.note_flush(),
                 }
                 Ok(Some(self.stream(h, pos)))
             }
@@ -559,6 +613,68 @@ impl Relay {
             }
             t => Err(ProtocolError::UnexpectedTag { tag: t }),
         }
+    }
+
+    /// Before a PREPARE, EXECUTE or DEALLOCATE of a name the client prepared
+    /// in an earlier transaction (on another server connection, or on this
+    /// one before it was reset), re-creates the statement here from the
+    /// client's text, so the statement behaves as on a direct connection:
+    /// EXECUTE runs it, DEALLOCATE drops it, PREPARE reports 42P05.
+    fn prepare_sql_statement_for(&mut self, action: &SqlPrepared) {
+        let name = match action {
+            SqlPrepared::Prepare(n) | SqlPrepared::Execute(n) | SqlPrepared::Deallocate(n) => n,
+            SqlPrepared::DeallocateAll => return,
+        };
+        let Some(text) = self.sql_stmts.get(name).cloned() else { return };
+        let server = self.server.as_mut().expect("bound");
+        if server.sql_prepared.contains(name) {
+            return;
+        }
+        server.sql_prepared.insert(name.clone());
+        self.flow.push(Expect::Query { swallow: true });
+        let mut w = Writer::new(&mut self.s_out, b'Q');
+        w.cstr(&text);
+        w.finish();
+    }
+
+    /// Applies a simple query's effect on SQL-level prepared statements once
+    /// the server confirmed it.
+    fn on_sql_prepared_complete(&mut self, tag: &[u8]) {
+        let Some(Some((action, text))) = self.sql_pending.front() else { return };
+        let server = self.server.as_mut().expect("bound");
+        match (action, tag) {
+            (SqlPrepared::Prepare(name), b"PREPARE") => {
+                server.sql_prepared.insert(name.clone());
+                // The client's whole query, replayable as is elsewhere.
+                self.sql_stmts.insert(name.clone(), text.clone());
+            }
+            (SqlPrepared::Deallocate(name), b"DEALLOCATE") => {
+                server.sql_prepared.remove(name);
+                self.sql_stmts.remove(name);
+            }
+            (SqlPrepared::DeallocateAll, b"DEALLOCATE ALL") => {
+                server.sql_prepared.clear();
+                self.sql_stmts.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends, in place of a query naming pgwarden's reserved statement
+    /// names, one that makes the server raise 42501: the error arrives in
+    /// order and fails the transaction exactly as a refused statement would.
+    fn refuse_reserved_query(&mut self, h: frame::Header) -> usize {
+        let sql = crate::sql::raise_sql(
+            "42501",
+            "statement names starting with __pgw_ are reserved by pgwarden; choose another name",
+        );
+        if self.flow.push(Expect::Query { swallow: false }) {
+            self.sql_pending.push_back(None);
+        }
+        let mut w = Writer::new(&mut self.s_out, b'Q');
+        w.cstr(sql.as_bytes());
+        w.finish();
+        h.total_len()
     }
 
     /// Makes room for a message that must be read whole.
@@ -594,6 +710,17 @@ impl Relay {
             None => return self.need_whole(h, pos),
         };
         if !named || !self.track_prepared {
+            if !whole && h.total_len() <= SQL_PREPARED_INSPECT_MAX {
+                return self.need_whole(h, pos);
+            }
+            let inspect = whole && {
+                let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
+                let query = body.split(|&b| b == 0).nth(1).unwrap_or(b"");
+                !crate::sql::may_leave_session_state(query) && !crate::sql::mentions_reserved_name(query)
+            };
+            if !inspect {
+                self.server.as_mut().expect("bound").dirty.session = true;
+            }
             self.flow.push(Expect::Parse { swallow: false, undo: None });
             return Ok(Some(self.stream(h, pos)));
         }
@@ -621,11 +748,11 @@ impl Relay {
         self.stmts.insert(name.clone(), def.clone());
         let server = self.server.as_mut().expect("bound");
         if server.stmts.touch(def.id) {
-            let undo = Box::new(Undo { client_name: Some(name), server_stmt: None });
+            let undo = Box::new(Undo { client_name: Some(name), server_stmt: None, kept_stmt: None });
             self.flow.push(Expect::Fake(Fake::ParseComplete, Some(undo)));
         } else {
             self.add_to_server(&def);
-            let undo = Box::new(Undo { client_name: Some(name), server_stmt: Some(def.id) });
+            let undo = Box::new(Undo { client_name: Some(name), server_stmt: Some(def.id), kept_stmt: None });
             self.flow.push(Expect::Parse { swallow: false, undo: Some(undo) });
             def.encode_parse(&mut self.s_out);
         }
@@ -640,7 +767,7 @@ impl Relay {
             let mut w = Writer::new(&mut self.s_out, b'C');
             w.u8(b'S').cstr(&crate::session::prepared::server_name(old));
             w.finish();
-            self.flow.push(Expect::Close { swallow: true });
+            self.flow.push(Expect::Close { swallow: true, evicted: Some(old) });
         }
     }
 
@@ -652,7 +779,7 @@ impl Relay {
             return;
         }
         self.add_to_server(def);
-        let undo = Box::new(Undo { client_name: None, server_stmt: Some(def.id) });
+        let undo = Box::new(Undo { client_name: None, server_stmt: Some(def.id), kept_stmt: None });
         self.flow.push(Expect::Parse { swallow: true, undo: Some(undo) });
         def.encode_parse(&mut self.s_out);
     }
@@ -678,12 +805,20 @@ impl Relay {
         let stmt = &body[p_end + 1..p_end + 1 + s_len];
         let def = if s_len > 0 && self.track_prepared { self.stmts.get(stmt).cloned() } else { None };
         let Some(def) = def else {
-            // Unnamed, untracked, or unknown (the server answers 26000).
+            // Unnamed, untracked, or unknown (the server answers 26000). A
+            // client naming the proxy's own statements only reaches those of
+            // its current server connection, which is reset before reuse.
+            if crate::sql::mentions_reserved_name(stmt) {
+                self.server.as_mut().expect("bound").dirty.session = true;
+            }
             self.flow.push(Expect::Bind);
             return Ok(Some(self.stream(h, pos)));
         };
         // The statement must exist on this server before the Bind reaches it.
         self.ensure_prepared(&def);
+        if def.session_state {
+            self.server.as_mut().expect("bound").dirty.session = true;
+        }
         self.flow.push(Expect::Bind);
         // Rewrite the header and names; stream the parameters after them.
         let prefix_len = HEADER_LEN + p_end + 1 + s_len + 1;
@@ -737,12 +872,14 @@ impl Relay {
                 self.stmts.remove(&name);
                 self.flow.push(Expect::Fake(Fake::CloseComplete, None));
             }
-            (b'C', None) if tracked => self.flow.push(Expect::Fake(Fake::CloseComplete, None)),
+            (b'C', None) if tracked => {
+                self.flow.push(Expect::Fake(Fake::CloseComplete, None));
+            }
             (tag, _) => {
                 self.flow.push(match (tag, kind) {
                     (b'D', b'S') => Expect::DescribeStatement,
                     (b'D', _) => Expect::DescribePortal,
-                    _ => Expect::Close { swallow: false },
+                    _ => Expect::Close { swallow: false, evicted: None },
                 });
                 self.s_out.extend_from_slice(&self.c_in[pos..pos + h.total_len()]);
             }
@@ -801,7 +938,15 @@ impl Relay {
             let verdict = self.flow.on_server(h.tag, status);
             match h.tag {
                 b'S' => self.on_parameter_status(body),
-                b'C' => self.on_command_complete(body),
+                b'C' => {
+                    self.on_command_complete(body);
+                    if verdict == Verdict::Forward && !self.sql_pending.is_empty() {
+                        self.on_sql_prepared_complete(body.strip_suffix(&[0]).unwrap_or(body));
+                    }
+                }
+                b'Z' if verdict == Verdict::Forward && self.flow.ready_ended_client_query() => {
+                    self.sql_pending.pop_front();
+                }
                 b'E' if verdict == Verdict::Swallow => {
                     log::warn!("shard {}: proxy query failed: {}", self.ctx.id, PgError::parse(body))
                 }
@@ -857,6 +1002,7 @@ impl Relay {
         if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
             // The proxy's statements on this server are gone too.
             server.stmts.clear();
+            server.sql_prepared.clear();
         }
         match word {
             b"SET" | b"RESET" => server.dirty.settings = true,
@@ -883,6 +1029,9 @@ impl Relay {
             }
             if let (Some(id), Some(s)) = (u.server_stmt, self.server.as_mut()) {
                 s.stmts.forget(id);
+            }
+            if let (Some(id), Some(s)) = (u.kept_stmt, self.server.as_mut()) {
+                s.stmts.keep(id);
             }
         }
     }
@@ -984,10 +1133,10 @@ async fn clean_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerCon
         Ok(Ok(_)) => {
             if server.dirty.session {
                 server.stmts.clear();
+                server.sql_prepared.clear();
             }
             server.dirty = Default::default();
-            server.set_keys.clear();
-            server.params_digest = 0;
+            server.forget_unreported_settings();
             ctx.release(pool, server);
         }
         Ok(Err(e)) => {

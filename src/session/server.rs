@@ -68,12 +68,19 @@ pub struct ServerConn {
     pub created: Instant,
     /// Parameter values as last reported by the server or set by the proxy.
     pub params: ParamSet,
+    /// Names the server reports with ParameterStatus (their values in
+    /// `params` stay right after a reset; the others' do not).
+    pub reported: std::collections::HashSet<String>,
     /// Names the proxy has SET on this connection for some client.
     pub set_keys: Vec<String>,
     /// Digest of the client ParamSet this connection matches; 0 = unknown.
     pub params_digest: u64,
     pub stmts: ServerStatements,
     pub dirty: Dirty,
+    /// SQL-level prepared statements (PREPARE) on this connection, all of
+    /// the one client it serves (the connection is DISCARDed before it
+    /// serves another).
+    pub sql_prepared: std::collections::HashSet<String>,
     /// When it last went idle in the pool.
     pub idle_since: Instant,
 }
@@ -135,10 +142,12 @@ impl ServerConn {
             addr: login.addr,
             created: Instant::now(),
             params: ParamSet::default(),
+            reported: Default::default(),
             set_keys: Vec::new(),
             params_digest: 0,
             stmts: ServerStatements::new(stmt_cache),
             dirty: Dirty::default(),
+            sql_prepared: Default::default(),
             idle_since: Instant::now(),
         };
         let deadline = login.connect_timeout;
@@ -263,6 +272,9 @@ impl ServerConn {
         let name = r.cstr_utf8("name").ok()?.to_ascii_lowercase();
         let value = r.cstr_utf8("value").ok()?.to_string();
         self.params.set(&name, &value);
+        if !self.reported.contains(&name) {
+            self.reported.insert(name.clone());
+        }
         Some((name, value))
     }
 
@@ -330,6 +342,15 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+
+    /// After `RESET ALL`/`DISCARD ALL`: settings the server does not report
+    /// are back at defaults the proxy does not know, so forget them.
+    pub fn forget_unreported_settings(&mut self) {
+        let reported = &self.reported;
+        self.params.retain(|k| reported.contains(k));
+        self.set_keys.clear();
+        self.params_digest = 0;
     }
 
     /// Whether both halves are home (no operation in flight).

@@ -1,0 +1,392 @@
+//! Statement inspection that needs no parser: a small lexer over SQL text
+//! (quotes, dollar quotes, comments, identifiers), enough to recognise a
+//! single `PREPARE name ...`, `EXECUTE name ...` or `DEALLOCATE name`
+//! statement. Pure; anything it is unsure about is `None`, and callers then
+//! leave the statement alone.
+
+/// A reference to an SQL-level prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlPrepared {
+    /// `PREPARE name [(types)] AS statement`
+    Prepare(String),
+    /// `EXECUTE name [(args)]`
+    Execute(String),
+    /// `DEALLOCATE [PREPARE] name`
+    Deallocate(String),
+    /// `DEALLOCATE [PREPARE] ALL`
+    DeallocateAll,
+}
+
+/// Recognises `text` as exactly one PREPARE, EXECUTE or DEALLOCATE
+/// statement (an optional trailing `;` and comments allowed).
+pub fn sql_prepared(text: &[u8]) -> Option<SqlPrepared> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut lx = Lexer { s: text.as_bytes(), pos: 0, quoted_last: false };
+    let first = lx.word()?;
+    let out = match first.as_str() {
+        "prepare" => SqlPrepared::Prepare(lx.name()?),
+        "execute" => SqlPrepared::Execute(lx.name()?),
+        "deallocate" => {
+            let mut w = lx.name()?;
+            if w == "prepare" {
+                let save = lx.pos;
+                match lx.name() {
+                    Some(n) => w = n,
+                    None => lx.pos = save,
+                }
+            }
+            if w == "all" && !lx.quoted_last {
+                return lx.only_end().then_some(SqlPrepared::DeallocateAll);
+            }
+            return lx.only_end().then_some(SqlPrepared::Deallocate(w));
+        }
+        _ => return None,
+    };
+    lx.single_statement().then_some(out)
+}
+
+struct Lexer<'a> {
+    s: &'a [u8],
+    pos: usize,
+    /// Whether the last name read was double-quoted.
+    quoted_last: bool,
+}
+
+impl Lexer<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    /// Skips whitespace and comments; false on an unterminated comment.
+    fn skip_blank(&mut self) -> bool {
+        loop {
+            match self.peek() {
+                Some(c) if c.is_ascii_whitespace() => self.pos += 1,
+                Some(b'-') if self.s.get(self.pos + 1) == Some(&b'-') => {
+                    while let Some(c) = self.peek() {
+                        self.pos += 1;
+                        if c == b'\n' {
+                            break;
+                        }
+                    }
+                }
+                Some(b'/') if self.s.get(self.pos + 1) == Some(&b'*') => {
+                    self.pos += 2;
+                    let mut depth = 1;
+                    while depth > 0 {
+                        match (self.peek(), self.s.get(self.pos + 1)) {
+                            (None, _) => return false,
+                            (Some(b'*'), Some(b'/')) => {
+                                depth -= 1;
+                                self.pos += 2;
+                            }
+                            (Some(b'/'), Some(b'*')) => {
+                                depth += 1;
+                                self.pos += 2;
+                            }
+                            _ => self.pos += 1,
+                        }
+                    }
+                }
+                _ => return true,
+            }
+        }
+    }
+
+    /// An unquoted keyword, lower-cased.
+    fn word(&mut self) -> Option<String> {
+        if !self.skip_blank() {
+            return None;
+        }
+        let start = self.pos;
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'$') {
+            self.pos += 1;
+        }
+        (self.pos > start).then(|| String::from_utf8_lossy(&self.s[start..self.pos]).to_ascii_lowercase())
+    }
+
+    /// An identifier as Postgres folds it: unquoted lower-cased, quoted exact.
+    fn name(&mut self) -> Option<String> {
+        self.quoted_last = false;
+        if !self.skip_blank() {
+            return None;
+        }
+        if self.peek() == Some(b'"') {
+            self.quoted_last = true;
+            self.pos += 1;
+            let mut out = Vec::new();
+            loop {
+                match self.peek()? {
+                    b'"' if self.s.get(self.pos + 1) == Some(&b'"') => {
+                        out.push(b'"');
+                        self.pos += 2;
+                    }
+                    b'"' => {
+                        self.pos += 1;
+                        break;
+                    }
+                    c => {
+                        out.push(c);
+                        self.pos += 1;
+                    }
+                }
+            }
+            return String::from_utf8(out).ok().filter(|n| !n.is_empty());
+        }
+        let c = self.peek()?;
+        if !(c.is_ascii_alphabetic() || c == b'_' || c >= 0x80) {
+            return None;
+        }
+        let start = self.pos;
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80)
+        {
+            self.pos += 1;
+        }
+        Some(String::from_utf8_lossy(&self.s[start..self.pos]).to_ascii_lowercase())
+    }
+
+    /// Nothing but blanks and at most one `;` left.
+    fn only_end(&mut self) -> bool {
+        if !self.skip_blank() {
+            return false;
+        }
+        if self.peek() == Some(b';') {
+            self.pos += 1;
+            if !self.skip_blank() {
+                return false;
+            }
+        }
+        self.pos == self.s.len()
+    }
+
+    /// The rest holds no `;` outside quotes and comments except a trailing
+    /// one: the text is a single statement.
+    fn single_statement(&mut self) -> bool {
+        loop {
+            if !self.skip_blank() {
+                return false;
+            }
+            let Some(c) = self.peek() else { return true };
+            match c {
+                b';' => return self.only_end(),
+                b'\'' => {
+                    if !self.skip_quoted(b'\'') {
+                        return false;
+                    }
+                }
+                b'"' => {
+                    if !self.skip_quoted(b'"') {
+                        return false;
+                    }
+                }
+                b'$' => {
+                    if !self.skip_dollar() {
+                        return false;
+                    }
+                }
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// Skips a quoted literal; doubled quotes and backslashes (for E'')
+    /// are handled conservatively: a backslash skips the next byte, which
+    /// can only make an ambiguous text look unterminated (then: None).
+    fn skip_quoted(&mut self, q: u8) -> bool {
+        let escapes = q == b'\'' && self.pos > 0 && matches!(self.s[self.pos - 1], b'e' | b'E');
+        self.pos += 1;
+        loop {
+            match self.peek() {
+                None => return false,
+                Some(b'\\') if escapes => self.pos += 2,
+                Some(c) if c == q => {
+                    if self.s.get(self.pos + 1) == Some(&q) {
+                        self.pos += 2;
+                    } else {
+                        self.pos += 1;
+                        return true;
+                    }
+                }
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// Skips `$tag$ ... $tag$`; a lone `$` (parameter `$1`) is skipped.
+    fn skip_dollar(&mut self) -> bool {
+        let start = self.pos;
+        let mut end = start + 1;
+        while matches!(self.s.get(end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_') {
+            end += 1;
+        }
+        if self.s.get(end) != Some(&b'$') || self.s[start + 1..end].first().is_some_and(u8::is_ascii_digit) {
+            self.pos = end;
+            return true;
+        }
+        let tag = &self.s[start..=end];
+        let body = end + 1;
+        match self.s[body..].windows(tag.len()).position(|w| w == tag) {
+            Some(i) => {
+                self.pos = body + i + tag.len();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The prefix of the statement names pgwarden gives server-side statements;
+/// client SQL may not mention it.
+pub const RESERVED_PREFIX: &[u8] = b"__pgw_";
+
+/// Whether `text` mentions a name with pgwarden's reserved prefix
+/// (case-insensitive).
+pub fn mentions_reserved_name(text: &[u8]) -> bool {
+    text.windows(RESERVED_PREFIX.len()).any(|w| w.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
+/// Whether running `text` may leave session state behind that no command
+/// tag reveals, so the server connection must be `DISCARD ALL`ed before
+/// another client uses it: temporary objects (`TEMP`, `TEMPORARY`,
+/// `pg_temp`), session advisory locks, `set_config()`, and `DO` blocks
+/// (which can do anything). Errs on the side of true: a false positive
+/// costs one `DISCARD ALL`, a false negative leaks state.
+pub fn may_leave_session_state(text: &[u8]) -> bool {
+    let n = text.len();
+    let mut i = 0;
+    while i < n {
+        let c = text[i];
+        let starts_word = c.is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
+        if !starts_word {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && is_ident(text[i]) {
+            i += 1;
+        }
+        let word = &text[start..i];
+        if word_is(word, b"temp")
+            || word_is(word, b"temporary")
+            || starts_with_ci(word, b"pg_temp")
+            || contains_ci(word, b"advisory")
+            || contains_ci(word, b"set_config")
+            || (word_is(word, b"do") && do_block_follows(&text[i..]))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+}
+
+fn word_is(w: &[u8], k: &[u8]) -> bool {
+    w.eq_ignore_ascii_case(k)
+}
+
+fn starts_with_ci(w: &[u8], k: &[u8]) -> bool {
+    w.len() >= k.len() && w[..k.len()].eq_ignore_ascii_case(k)
+}
+
+fn contains_ci(w: &[u8], k: &[u8]) -> bool {
+    w.len() >= k.len() && w.windows(k.len()).any(|x| x.eq_ignore_ascii_case(k))
+}
+
+/// After the word DO: a dollar-quoted or quoted body, or LANGUAGE.
+fn do_block_follows(rest: &[u8]) -> bool {
+    let rest = rest.trim_ascii_start();
+    matches!(rest.first(), Some(b'$' | b'\'' | b'e' | b'E')) && !starts_with_ci(rest, b"else")
+        || starts_with_ci(rest, b"language")
+}
+
+/// A statement that makes the server itself raise `sqlstate` with
+/// `message`: the proxy sends it instead of a statement it refuses, so the
+/// error arrives in order and the transaction fails as Postgres would fail
+/// it.
+pub fn raise_sql(sqlstate: &str, message: &str) -> String {
+    debug_assert!(sqlstate.len() == 5 && sqlstate.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let mut quoted = String::from("E'");
+    for c in message.chars() {
+        match c {
+            '\'' => quoted.push_str("''"),
+            '\\' => quoted.push_str("\\\\"),
+            '$' => quoted.push_str("\\x24"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    format!("DO $pgw$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {quoted}; END$pgw$")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<SqlPrepared> {
+        sql_prepared(s.as_bytes())
+    }
+
+    #[test]
+    fn recognises_the_three_statements() {
+        assert_eq!(p("PREPARE Foo (int) AS select $1"), Some(SqlPrepared::Prepare("foo".into())));
+        assert_eq!(p("  -- hi\n prepare \"Foo\" as select ';';  "), Some(SqlPrepared::Prepare("Foo".into())));
+        assert_eq!(p("execute foo(1, 'a;b')"), Some(SqlPrepared::Execute("foo".into())));
+        assert_eq!(p("EXECUTE foo;"), Some(SqlPrepared::Execute("foo".into())));
+        assert_eq!(p("deallocate prepare foo"), Some(SqlPrepared::Deallocate("foo".into())));
+        assert_eq!(p("DEALLOCATE foo ;"), Some(SqlPrepared::Deallocate("foo".into())));
+        assert_eq!(p("deallocate all"), Some(SqlPrepared::DeallocateAll));
+        assert_eq!(p("deallocate \"all\""), Some(SqlPrepared::Deallocate("all".into())));
+        assert_eq!(p("prepare q as select $x$ ; $x$"), Some(SqlPrepared::Prepare("q".into())));
+    }
+
+    #[test]
+    fn session_state_detection() {
+        for yes in [
+            "create temp table t (x int)",
+            "CREATE TEMPORARY TABLE t (x int)",
+            "select * from pg_temp.t",
+            "select pg_advisory_lock(1)",
+            "SELECT set_config('role', 'x', false)",
+            "do $$ begin perform 1; end $$",
+            "DO LANGUAGE plpgsql 'begin end'",
+            "select 1; do $x$ begin end $x$",
+        ] {
+            assert!(may_leave_session_state(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "select temperature from t",
+            "insert into t values (1) on conflict do nothing",
+            "insert into t values (1) on conflict (x) do update set x = 2",
+            "select 1",
+            "update contemp set x = 1",
+        ] {
+            assert!(!may_leave_session_state(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_and_raise() {
+        assert!(mentions_reserved_name(b"execute __PGW_3"));
+        assert!(!mentions_reserved_name(b"select 1"));
+        let s = raise_sql("42501", "it's $1 \\ no");
+        assert_eq!(
+            s,
+            "DO $pgw$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = E'it''s \\x241 \\\\ no'; END$pgw$"
+        );
+    }
+
+    #[test]
+    fn anything_else_or_unsure_is_none() {
+        assert_eq!(p("select 1"), None);
+        assert_eq!(p("execute foo; select 1"), None);
+        assert_eq!(p("prepare q as select 'unterminated"), None);
+        assert_eq!(p("prepare q as select 1 /* open"), None);
+        assert_eq!(p("deallocate foo bar"), None);
+        assert_eq!(p("prepare"), None);
+        assert_eq!(p("prepare q as select E'\\'; select 2'"), Some(SqlPrepared::Prepare("q".into())));
+        assert_eq!(sql_prepared(&[0xff, 0xfe]), None);
+    }
+}
