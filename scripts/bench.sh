@@ -3,7 +3,7 @@
 # through PgBouncer, one target after the other for every cell, so slow drift
 # of the machine hits all three alike.
 #
-#   scripts/bench.sh [--quick] [--workers N] [--time SECS] [--scale N]
+#   scripts/bench.sh [--quick] [--workers N] [--no-pin] [--time SECS] [--scale N]
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #
@@ -28,6 +28,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 WORKERS=auto
 DURATION=
+PIN=true
 SCALE=10
 POOL_SIZE=20
 OUT=
@@ -37,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
         --workers) WORKERS=$2; shift ;;
+        --no-pin) PIN=false ;;
         --time | -T) DURATION=$2; shift ;;
         --scale) SCALE=$2; shift ;;
         --pool-size) POOL_SIZE=$2; shift ;;
@@ -139,6 +141,7 @@ cat >"$WORK/pgwarden.toml" <<EOF
 [general]
 listen = "127.0.0.1:0"
 workers = $WORKERS_TOML
+pin_workers = $PIN
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
 log_level = "warn"
@@ -319,7 +322,7 @@ done
     echo "## pgbench: direct vs pgwarden vs PgBouncer"
     echo
     echo "$(nproc) cores; Postgres $("$PG_BIN/postgres" -V | awk '{print $3}'); scale $SCALE; -j 2 -T $DURATION;" \
-        "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS${PGB_VERSION:+; PgBouncer $PGB_VERSION}"
+        "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS (pinned: $PIN)${PGB_VERSION:+; PgBouncer $PGB_VERSION}"
     echo
     echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
     echo "|---|---|---:|---|---:|---:|---:|---:|"

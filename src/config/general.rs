@@ -31,6 +31,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
     let general = General {
         listen: listen(&mut r, ctx).unwrap_or(d.listen),
         workers: workers(&mut r, ctx).unwrap_or(d.workers),
+        pin_workers: r.boolean(ctx, "pin_workers").unwrap_or(d.pin_workers),
         pool_mode: r.choice(ctx, "pool_mode").unwrap_or(d.pool_mode),
         default_pool_size: r.uint(ctx, "default_pool_size", POOL_SIZE_RANGE).unwrap_or(d.default_pool_size),
         checkout_timeout_ms: r

@@ -47,6 +47,10 @@ pub struct General {
     pub listen: SocketAddr,
     /// Data shards (one io_uring executor per core); `"auto"` resolved.
     pub workers: usize,
+    /// Pin each shard's thread to one CPU (right for dedicated hosts; on a
+    /// box shared with Postgres and clients, unpinned threads can dodge busy
+    /// cores).
+    pub pin_workers: bool,
     pub pool_mode: PoolMode,
     pub default_pool_size: u32,
     pub checkout_timeout_ms: u64,
@@ -83,6 +87,7 @@ impl Default for General {
             max_message_size: 1 << 30,
             max_client_connections: 10_000,
             prepared_statements_cache_size: 500,
+            pin_workers: true,
             auth_method: AuthMethod::ScramSha256,
             log_level: LogLevel::Info,
         }

@@ -176,6 +176,17 @@ impl<'t> Reader<'t> {
         None
     }
 
+    /// A boolean (`true` or `false`).
+    pub(super) fn boolean(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<bool> {
+        let path = self.path_of(key);
+        let value = self.get(ctx, key)?;
+        let Some(b) = value.as_bool() else {
+            ctx.error(&path, expected("a boolean (true or false)", value, false));
+            return None;
+        };
+        Some(b)
+    }
+
     /// An unsigned integer within `range` (inclusive).
     pub(super) fn uint<T>(
         &mut self,

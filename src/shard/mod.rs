@@ -51,7 +51,7 @@ pub fn start(
         let tx = tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("pgwarden-shard-{id}"))
-            .spawn(move || run_shard(id, n, shared, addr, tx))
+            .spawn(move || run_shard(id, shared, addr, tx))
             .map_err(|e| format!("cannot start shard thread {id}: {e}"))?;
         handles.push(ShardHandle { id, thread });
     }
@@ -68,12 +68,13 @@ pub fn start(
 
 fn run_shard(
     id: usize,
-    n: usize,
     shared: Arc<Shared>,
     addr: SocketAddr,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
 ) {
-    pin_to_cpu(id, n);
+    if shared.config.general.pin_workers {
+        pin_to_cpu(id);
+    }
     let mut rt = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -123,7 +124,7 @@ fn build_runtime() -> Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDri
 }
 
 /// Pins the current thread to CPU `id % cpus`.
-fn pin_to_cpu(id: usize, _n: usize) {
+fn pin_to_cpu(id: usize) {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it.
     unsafe {

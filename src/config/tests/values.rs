@@ -42,6 +42,7 @@ fn every_general_key_is_read() {
         r#"
         listen = "[::1]:7000"
         workers = 3
+        pin_workers = false
         pool_mode = "session"
         default_pool_size = 7
         checkout_timeout_ms = 1
@@ -60,6 +61,7 @@ fn every_general_key_is_read() {
     let expected = General {
         listen: "[::1]:7000".parse().unwrap(),
         workers: 3,
+        pin_workers: false,
         pool_mode: PoolMode::Session,
         default_pool_size: 7,
         checkout_timeout_ms: 1,
