@@ -38,15 +38,27 @@ section() {
 section "install deps" bash scripts/install-deps.sh
 section "cargo fmt" cargo fmt --all -- --check
 section "cargo clippy" cargo clippy --all-targets -- -D warnings
-section "cargo test" cargo test --all-targets
+# Test output is also kept to count every suite's results for the closing
+# line (CI reads it).
+TEST_LOG=$(mktemp)
+trap 'rm -f "$TEST_LOG"' EXIT
+run_tests() { "$@" 2>&1 | tee -a "$TEST_LOG"; return "${PIPESTATUS[0]}"; }
+section "cargo test" run_tests cargo test --all-targets
 # --all-targets leaves out doc tests; run them too when there is a library.
 if [[ -f src/lib.rs ]]; then
-    section "cargo test --doc" cargo test --doc
+    section "cargo test --doc" run_tests cargo test --doc
 fi
 
+# Totals over every suite, for the closing line.
+read -r tests_passed tests_failed < <(
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { print p + 0, f + 0 }' "$TEST_LOG"
+)
 printf '\n==================== summary (%ds) ====================\n' $((SECONDS - start_all))
 if [[ ${#failed[@]} -gt 0 ]]; then
     printf 'FAILED: %s\n' "${failed[*]}"
+    printf 'tests: %d passed, %d failed\n' "$tests_passed" "$tests_failed"
     exit 1
 fi
 echo "all checks passed"
+printf 'tests: %d passed, %d failed\n' "$tests_passed" "$tests_failed"
