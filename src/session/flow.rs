@@ -406,9 +406,12 @@ impl Flow {
         }
     }
 
-    /// Forgets everything (the connection is being discarded).
+    /// Starts over for a newly bound server connection, keeping the queue's
+    /// allocation (no allocation per transaction).
     pub fn reset(&mut self) {
-        *self = Flow::new();
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.clear();
+        *self = Flow { queue, ..Flow::new() };
     }
 }
 

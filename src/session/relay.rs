@@ -152,7 +152,7 @@ impl Relay {
     fn bind(&mut self, s: ServerConn) {
         log::trace!("shard {}: client pid {} binds server pid {}", self.ctx.id, self.session.pid, s.pid);
         self.session.cancel.bind(s.target, s.pid, s.key);
-        self.flow = Flow::new();
+        self.flow.reset();
         self.server = Some(s);
     }
 
