@@ -71,22 +71,32 @@ async fn reported_settings_follow_their_client_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepared_statements_survive_a_client_discard_all() {
+async fn a_client_discard_all_drops_its_statements_as_on_postgres() {
     let pg = PgServer::shared();
     let proxy = one_server(pg, "");
     let (c1, _t1) = connect(&proxy).await;
     let stmt = c1.prepare("select $1::int + 1").await.unwrap();
     let n: i32 = c1.query_one(&stmt, &[&41i32]).await.unwrap().get(0);
     assert_eq!(n, 42);
-    c1.simple_query("DISCARD ALL").await.unwrap();
-    let n: i32 = c1.query_one(&stmt, &[&1i32]).await.unwrap().get(0);
-    assert_eq!(n, 2);
-    // And inside a transaction, right after the DISCARD.
+    // DISCARD PLANS keeps prepared statements, inside a transaction too.
     c1.simple_query("BEGIN").await.unwrap();
     c1.simple_query("DISCARD PLANS").await.unwrap();
     let n: i32 = c1.query_one(&stmt, &[&2i32]).await.unwrap().get(0);
     assert_eq!(n, 3);
     c1.simple_query("COMMIT").await.unwrap();
+    // DISCARD ALL drops them: Postgres answers 26000 afterwards, and so
+    // must the proxy, even though the server-side statement is shared.
+    c1.simple_query("DISCARD ALL").await.unwrap();
+    let err = c1.query_one(&stmt, &[&1i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("26000"), "{err:?}");
+    // Preparing again works, and other clients' statements were not harmed.
+    let (c2, _t2) = connect(&proxy).await;
+    let s2 = c2.prepare("select $1::int + 1").await.unwrap();
+    let stmt = c1.prepare("select $1::int + 1").await.unwrap();
+    let n: i32 = c1.query_one(&stmt, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+    let n: i32 = c2.query_one(&s2, &[&5i32]).await.unwrap().get(0);
+    assert_eq!(n, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -336,7 +336,42 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.ctx.with_slice(self.idx, |s| s.cancel_wait(self.id));
         self.ctx.waiters.borrow_mut().remove(&self.id);
-        self.ctx.woken.borrow_mut().remove(&self.id);
+        let was_woken = self.ctx.woken.borrow_mut().remove(&self.id);
+        if was_woken {
+            // Woken for a connection it will not take: pass the turn on.
+            self.ctx.wake_next_if_available(self.idx);
+        }
+    }
+}
+
+/// A server connection lent during login: discarded (budget returned) if
+/// the login is abandoned before the connection is handed on.
+pub struct Lease<'a> {
+    ctx: &'a ShardCtx,
+    idx: usize,
+    conn: Option<ServerConn>,
+}
+
+impl<'a> Lease<'a> {
+    pub fn new(ctx: &'a ShardCtx, idx: usize, conn: ServerConn) -> Self {
+        Lease { ctx, idx, conn: Some(conn) }
+    }
+
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("lease holds its connection until taken")
+    }
+
+    /// Hands the connection on; the lease no longer guards it.
+    pub fn take(mut self) -> ServerConn {
+        self.conn.take().expect("lease holds its connection until taken")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.ctx.discard(self.idx, conn);
+        }
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Flow {
     /// An error arrived before the Sync that ends its batch: the server is
     /// discarding everything up to that Sync.
     skipping: bool,
+    /// Client simple queries the server skipped after an error (their
+    /// answers will never come).
+    dropped_client_queries: usize,
 }
 
 impl Flow {
@@ -135,6 +138,22 @@ impl Flow {
         }
         self.queue.push_back(e);
         true
+    }
+
+    /// Whether the server is skipping everything up to the next Sync.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Whether the message being answered now is a simple query the client
+    /// sent (not one the proxy injected).
+    pub fn answering_client_query(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Query { swallow: false }))
+    }
+
+    /// Client simple queries skipped by the server since the last call.
+    pub fn take_dropped_client_queries(&mut self) -> usize {
+        std::mem::take(&mut self.dropped_client_queries)
     }
 
     /// A Flush was sent: like any extended message it opens a batch.
@@ -341,9 +360,14 @@ impl Flow {
                 self.client_in_copy = false;
                 loop {
                     match self.queue.front() {
-                        Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) => break,
+                        Some(Expect::Sync) => break,
                         Some(_) => {
+                            // Everything up to the Sync is skipped by the
+                            // server, simple queries included.
                             let e = self.queue.pop_front().expect("front exists");
+                            if matches!(e, Expect::Query { swallow: false }) {
+                                self.dropped_client_queries += 1;
+                            }
                             self.record_undo(e);
                         }
                         None => {
@@ -537,6 +561,20 @@ mod tests {
         assert!(f.push(Expect::Sync));
         assert_eq!(f.on_server(b'Z', b'I'), Verdict::Forward);
         assert!(f.idle());
+    }
+
+    #[test]
+    fn a_query_inside_a_failed_batch_is_skipped_too() {
+        let mut f = Flow::new();
+        f.push(Expect::Bind);
+        f.push(Expect::Execute);
+        f.push(Expect::Query { swallow: false });
+        f.push(Expect::Sync);
+        assert_eq!(f.on_server(b'2', 0), Verdict::Forward);
+        assert_eq!(f.on_server(b'E', 0), Verdict::Forward);
+        assert_eq!(f.take_dropped_client_queries(), 1);
+        assert_eq!(f.on_server(b'Z', b'I'), Verdict::Forward);
+        assert!(f.idle() && !f.broken());
     }
 
     #[test]

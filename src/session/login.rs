@@ -212,20 +212,19 @@ async fn login(
     if ctx.shared.shutting_down() {
         return Err(SessionError::Shutdown);
     }
-    let mut server = ctx.checkout(pool).await?;
-    if let Err(e) = sync_params(&mut server, &params).await {
-        ctx.discard(pool, server);
-        return Err(e);
-    }
+    let mut lease = crate::session::ctx::Lease::new(ctx, pool, ctx.checkout(pool).await?);
+    sync_params(lease.conn(), &params).await?;
     let key = random_i32();
     let mut counter = ctx.cancel_counter.get();
     let (pid, cancel) = ctx.shared.cancel.register(ctx.id, &mut counter, key);
     ctx.cancel_counter.set(counter);
-    if let Err(e) = conn.send(welcome(&server, pid, key)).await {
+    let welcome = welcome(lease.conn(), pid, key);
+    if let Err(e) = conn.send(welcome).await {
         ctx.shared.cancel.unregister(pid);
-        ctx.release(pool, server);
+        ctx.release(pool, lease.take());
         return Err(e);
     }
+    let server = lease.take();
     let session = Session { user, database, pool, params, pid, cancel };
     let mode = ctx.shared.pools[pool].mode;
     if mode == crate::config::PoolMode::Transaction {

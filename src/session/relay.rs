@@ -547,6 +547,15 @@ impl Relay {
     fn client_message(&mut self, h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
         let avail = self.c_in.len() - pos;
         let whole = avail >= h.total_len();
+        if self.flow.skipping() && h.tag != b'S' {
+            // The server ignores everything up to the Sync after an error:
+            // relay it untouched, with no bookkeeping (no statement is
+            // prepared, named or closed by it).
+            if !matches!(h.tag, b'Q' | b'P' | b'B' | b'D' | b'C' | b'E' | b'H' | b'F' | b'd' | b'c' | b'f') {
+                return Err(ProtocolError::UnexpectedTag { tag: h.tag });
+            }
+            return Ok(Some(self.stream(h, pos)));
+        }
         match h.tag {
             b'Q' => {
                 if !whole && h.total_len() <= SQL_PREPARED_INSPECT_MAX {
@@ -580,6 +589,9 @@ impl Relay {
             }
             b'd' | b'F' => {
                 if h.tag == b'F' {
+                    // A function called by OID is not inspected: assume it
+                    // may leave state (set_config, advisory locks).
+                    self.server.as_mut().expect("bound").dirty.session = true;
                     self.flow.push(Expect::FunctionCall);
                 }
                 Ok(Some(self.stream(h, pos)))
@@ -631,6 +643,9 @@ impl Relay {
             return;
         }
         server.sql_prepared.insert(name.clone());
+        // Whatever happens to the replay, this connection is DISCARDed
+        // before another client uses it.
+        server.dirty.session = true;
         self.flow.push(Expect::Query { swallow: true });
         let mut w = Writer::new(&mut self.s_out, b'Q');
         w.cstr(&text);
@@ -935,13 +950,27 @@ impl Relay {
             }
             let body = &buf[pos + HEADER_LEN..(pos + h.total_len()).min(buf.len())];
             let status = if h.tag == b'Z' { body.first().copied().unwrap_or(0) } else { 0 };
+            let client_query = self.flow.answering_client_query();
             let verdict = self.flow.on_server(h.tag, status);
+            for _ in 0..self.flow.take_dropped_client_queries() {
+                self.sql_pending.pop_front();
+            }
             match h.tag {
                 b'S' => self.on_parameter_status(body),
                 b'C' => {
                     self.on_command_complete(body);
-                    if verdict == Verdict::Forward && !self.sql_pending.is_empty() {
-                        self.on_sql_prepared_complete(body.strip_suffix(&[0]).unwrap_or(body));
+                    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+                    if verdict == Verdict::Forward {
+                        if client_query && !self.sql_pending.is_empty() {
+                            self.on_sql_prepared_complete(tag);
+                        }
+                        if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                            // The client's own statements are gone, as on Postgres.
+                            self.stmts = ClientStatements::default();
+                            if tag == b"DISCARD ALL" {
+                                self.sql_stmts.clear();
+                            }
+                        }
                     }
                 }
                 b'Z' if verdict == Verdict::Forward && self.flow.ready_ended_client_query() => {
@@ -981,7 +1010,11 @@ impl Relay {
         let server = self.server.as_mut().expect("bound");
         if let Some((name, value)) = server.on_parameter_status(body) {
             if NOT_REPLAYED.contains(&name.as_str()) {
-                // Read-only or identity-changing: never replayed with SET.
+                // Read-only or identity-changing: never replayed with SET;
+                // an identity change is reset before the server is reused.
+                if name == "is_superuser" || name == "session_authorization" {
+                    server.dirty.settings = true;
+                }
                 return;
             }
             if self.session.params.get(&name) != Some(value.as_str()) {

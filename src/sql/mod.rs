@@ -271,6 +271,8 @@ pub fn may_leave_session_state(text: &[u8]) -> bool {
             || starts_with_ci(word, b"pg_temp")
             || contains_ci(word, b"advisory")
             || contains_ci(word, b"set_config")
+            || word_is(word, b"pg_settings")
+            || (word_is(word, b"u") && text.get(i) == Some(&b'&'))
             || (word_is(word, b"do") && do_block_follows(&text[i..]))
         {
             return true;
@@ -295,11 +297,19 @@ fn contains_ci(w: &[u8], k: &[u8]) -> bool {
     w.len() >= k.len() && w.windows(k.len()).any(|x| x.eq_ignore_ascii_case(k))
 }
 
-/// After the word DO: a dollar-quoted or quoted body, or LANGUAGE.
+/// After the word DO: anything but the NOTHING or UPDATE of `ON CONFLICT
+/// DO ...` starts an anonymous code block (comments skipped).
 fn do_block_follows(rest: &[u8]) -> bool {
-    let rest = rest.trim_ascii_start();
-    matches!(rest.first(), Some(b'$' | b'\'' | b'e' | b'E')) && !starts_with_ci(rest, b"else")
-        || starts_with_ci(rest, b"language")
+    let mut lx = Lexer { s: rest, pos: 0, quoted_last: false };
+    if !lx.skip_blank() {
+        return true;
+    }
+    let next = &rest[lx.pos..];
+    !(starts_word_ci(next, b"nothing") || starts_word_ci(next, b"update"))
+}
+
+fn starts_word_ci(s: &[u8], k: &[u8]) -> bool {
+    starts_with_ci(s, k) && s.get(k.len()).is_none_or(|&c| !is_ident(c))
 }
 
 /// A statement that makes the server itself raise `sqlstate` with
@@ -353,6 +363,10 @@ mod tests {
             "do $$ begin perform 1; end $$",
             "DO LANGUAGE plpgsql 'begin end'",
             "select 1; do $x$ begin end $x$",
+            "DO /*x*/ $$BEGIN SET ROLE other; END$$",
+            "do\n-- c\n'begin end'",
+            "select U&\"set\\005Fconfig\"('a','b',false)",
+            "update pg_settings set setting = '1ms' where name = 'statement_timeout'",
         ] {
             assert!(may_leave_session_state(yes.as_bytes()), "{yes}");
         }
