@@ -196,7 +196,9 @@ async fn login(
     })?;
     let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
     negotiate_version(conn, minor, &raw).await?;
-    authenticate(ctx, conn, &user).await?;
+    // AuthenticationOk (and SASLFinal) go out with the welcome, in one write:
+    // every separate packet costs the client a wake-up.
+    let mut out = authenticate(ctx, conn, &user).await?;
     let pool = *ctx.shared.pool_index.get(&(user.clone(), database.clone())).ok_or_else(|| {
         SessionError::Refused {
             sqlstate: "3D000",
@@ -218,8 +220,8 @@ async fn login(
     let mut counter = ctx.cancel_counter.get();
     let (pid, cancel) = ctx.shared.cancel.register(ctx.id, &mut counter, key);
     ctx.cancel_counter.set(counter);
-    let welcome = welcome(lease.conn(), pid, key);
-    if let Err(e) = conn.send(welcome).await {
+    welcome(&mut out, lease.conn(), pid, key);
+    if let Err(e) = conn.send(out).await {
         ctx.shared.cancel.unregister(pid);
         ctx.release(pool, lease.take());
         return Err(e);
@@ -271,7 +273,13 @@ fn auth_failed(user: &str) -> SessionError {
 /// Authenticates `user` by its configured method. An unknown user goes
 /// through a SCRAM exchange against a random secret and fails like a wrong
 /// password, so user names cannot be probed.
-async fn authenticate(ctx: &Rc<ShardCtx>, conn: &mut ClientConn, user: &str) -> Result<(), SessionError> {
+/// Returns the messages that end authentication (SASLFinal for SCRAM, then
+/// AuthenticationOk), for the caller to send with the welcome.
+async fn authenticate(
+    ctx: &Rc<ShardCtx>,
+    conn: &mut ClientConn,
+    user: &str,
+) -> Result<Vec<u8>, SessionError> {
     let cfg = ctx.shared.config.user(user);
     let (method, secret) = match cfg {
         Some(u) => (u.auth_method, u.password.as_deref().map(Secret::parse)),
@@ -279,10 +287,11 @@ async fn authenticate(ctx: &Rc<ShardCtx>, conn: &mut ClientConn, user: &str) -> 
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&random_i32().to_be_bytes());
             let server = auth::ScramServer::mock(user, &key);
-            scram_exchange(conn, server).await?;
+            scram_exchange(conn, server, &mut Vec::new()).await?;
             return Err(auth_failed(user));
         }
     };
+    let mut out = Vec::with_capacity(512);
     match (method, secret) {
         (AuthMethod::Trust, _) => {
             log::debug!("user \"{user}\" logs in with trust");
@@ -313,18 +322,20 @@ async fn authenticate(ctx: &Rc<ShardCtx>, conn: &mut ClientConn, user: &str) -> 
                 },
                 Secret::Md5(_) => return Err(auth_failed(user)),
             };
-            let client_key =
-                scram_exchange(conn, auth::ScramServer::new(&scram)).await.map_err(|e| match e {
+            let client_key = scram_exchange(conn, auth::ScramServer::new(&scram), &mut out).await.map_err(
+                |e| match e {
                     SessionError::AuthFailed(_) => auth_failed(user),
                     other => other,
-                })?;
+                },
+            )?;
             if matches!(secret, Secret::Scram(_)) {
                 remember_scram_keys(ctx, user, &scram, client_key);
             }
         }
         (_, None) => return Err(auth_failed(user)),
     }
-    send_auth(conn, 0, &[]).await
+    auth_message(&mut out, 0, &[]);
+    Ok(out)
 }
 
 /// Keeps the keys a SCRAM login proved, so the proxy can log in to Postgres
@@ -334,10 +345,12 @@ fn remember_scram_keys(ctx: &Rc<ShardCtx>, user: &str, s: &ScramSecret, client_k
     ctx.shared.scram_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), cred);
 }
 
-/// Runs SCRAM-SHA-256 as the server; returns the client's proven ClientKey.
+/// Runs SCRAM-SHA-256 as the server; returns the client's proven ClientKey
+/// and appends the SASLFinal message to `final_out` (sent by the caller).
 async fn scram_exchange(
     conn: &mut ClientConn,
     mut server: auth::ScramServer,
+    final_out: &mut Vec<u8>,
 ) -> Result<[u8; 32], SessionError> {
     let mut mechs = Vec::new();
     mechs.extend_from_slice(b"SCRAM-SHA-256\0\0");
@@ -355,16 +368,21 @@ async fn scram_exchange(
     send_auth(conn, 11, &first).await?;
     let (_, body) = recv_password(conn).await?;
     let outcome = server.client_final(&body).map_err(|e| SessionError::AuthFailed(e.to_string()))?;
-    send_auth(conn, 12, &outcome.server_final).await?;
+    auth_message(final_out, 12, &outcome.server_final);
     Ok(outcome.client_key)
 }
 
 async fn send_auth(conn: &mut ClientConn, code: i32, data: &[u8]) -> Result<(), SessionError> {
     let mut out = Vec::new();
-    let mut w = Writer::new(&mut out, b'R');
+    auth_message(&mut out, code, data);
+    conn.send(out).await
+}
+
+/// Appends an Authentication message (`code`, then `data`).
+fn auth_message(out: &mut Vec<u8>, code: i32, data: &[u8]) {
+    let mut w = Writer::new(out, b'R');
     w.i32(code).bytes(data);
     w.finish();
-    conn.send(out).await
 }
 
 /// Reads a password-type message ('p'); anything longer than 64 KiB is
@@ -425,22 +443,20 @@ pub async fn sync_params(server: &mut ServerConn, want: &ParamSet) -> Result<(),
 }
 
 /// ParameterStatus for every reported setting, BackendKeyData, ReadyForQuery.
-fn welcome(server: &ServerConn, pid: i32, key: i32) -> Vec<u8> {
-    let mut out = Vec::new();
+fn welcome(out: &mut Vec<u8>, server: &ServerConn, pid: i32, key: i32) {
     for name in REPORTED {
         if let Some(v) = server.params.get(&name.to_ascii_lowercase()) {
-            let mut w = Writer::new(&mut out, b'S');
+            let mut w = Writer::new(out, b'S');
             w.cstr(name.as_bytes()).cstr(v.as_bytes());
             w.finish();
         }
     }
-    let mut w = Writer::new(&mut out, b'K');
+    let mut w = Writer::new(out, b'K');
     w.i32(pid).i32(key);
     w.finish();
-    let mut w = Writer::new(&mut out, b'Z');
+    let mut w = Writer::new(out, b'Z');
     w.u8(b'I');
     w.finish();
-    out
 }
 
 /// The canonical spelling of a reported parameter name.

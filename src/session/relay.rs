@@ -131,10 +131,12 @@ impl Relay {
             c_skip: 0,
             s_skip: 0,
             s_skip_forward: true,
-            c_out: Vec::with_capacity(16 * 1024),
-            s_out: Vec::with_capacity(16 * 1024),
-            c_spare: Vec::with_capacity(16 * 1024),
-            s_spare: Vec::with_capacity(16 * 1024),
+            // Small to start (a login should not cost 64 KiB of fresh
+            // pages); they grow with the traffic and are then reused.
+            c_out: Vec::with_capacity(4 * 1024),
+            s_out: Vec::with_capacity(4 * 1024),
+            c_spare: Vec::new(),
+            s_spare: Vec::new(),
             terminated: false,
             discarding: false,
             c_skip_discard: 0,
