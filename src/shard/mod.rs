@@ -190,6 +190,7 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
     ctx.clients.set(ctx.clients.get() + 1);
     let peer = conn.peer;
     let started = Instant::now();
+    log::info!("shard {}: client {peer} connected", ctx.id);
     match login::open(&ctx, &mut conn).await {
         Ok(Opening::Login(session, server)) => {
             log::info!(
