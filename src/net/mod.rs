@@ -79,14 +79,20 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}:{port} did not resolve")))
 }
 
-/// Reads once, appending to `buf` after its current contents. `Ok(0)` is
-/// end of stream.
-pub async fn read_append(half: &mut ReadHalf, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+/// Makes at least [`MIN_READ_SPACE`] free after `buf`'s contents; returns
+/// the range a read may fill (contents length, capacity).
+fn read_space(buf: &mut Vec<u8>) -> (usize, usize) {
     let len = buf.len();
     if buf.capacity() - len < MIN_READ_SPACE {
         buf.reserve(MIN_READ_SPACE);
     }
-    let cap = buf.capacity();
+    (len, buf.capacity())
+}
+
+/// Reads once, appending to `buf` after its current contents. `Ok(0)` is
+/// end of stream.
+pub async fn read_append(half: &mut ReadHalf, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    let (len, cap) = read_space(&mut buf);
     let (res, slice) = half.read(buf.slice_mut(len..cap)).await;
     (res, slice.into_inner())
 }
@@ -132,11 +138,7 @@ pub async fn read_owned_cancelable(
     mut buf: Vec<u8>,
     handle: CancelHandle,
 ) -> (ReadHalf, io::Result<usize>, Vec<u8>) {
-    let len = buf.len();
-    if buf.capacity() - len < MIN_READ_SPACE {
-        buf.reserve(MIN_READ_SPACE);
-    }
-    let cap = buf.capacity();
+    let (len, cap) = read_space(&mut buf);
     let (res, slice) = half.cancelable_read(buf.slice_mut(len..cap), handle).await;
     (half, res, slice.into_inner())
 }

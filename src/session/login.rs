@@ -458,8 +458,3 @@ fn welcome(out: &mut Vec<u8>, server: &ServerConn, pid: i32, key: i32) {
     w.u8(b'I');
     w.finish();
 }
-
-/// The canonical spelling of a reported parameter name.
-pub fn canonical_name(lower: &str) -> &str {
-    REPORTED.iter().find(|n| n.eq_ignore_ascii_case(lower)).copied().unwrap_or(lower)
-}

@@ -23,6 +23,7 @@ use crate::config::PoolMode;
 use crate::net::{self, ReadHalf, WriteHalf};
 use crate::protocol::backend;
 use crate::protocol::frame::{self, Reader, Writer, HEADER_LEN};
+use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::ProtocolError;
 use crate::session::ctx::ShardCtx;
 use crate::session::flow::{Expect, Fake, Flow, Undo, Verdict};
@@ -145,10 +146,6 @@ impl Relay {
             r.bind(*s);
         }
         r
-    }
-
-    pub fn session(&self) -> &Session {
-        &self.session
     }
 
     fn bind(&mut self, s: ServerConn) {
@@ -491,15 +488,10 @@ impl Relay {
             match h.tag {
                 b'S' => break,
                 b'P' => {
-                    let mut r = Reader::new(b'P', body);
-                    let name = r.cstr("statement name")?;
-                    let query = r.cstr("query")?;
-                    let n = r.u16("parameter count")? as usize;
-                    if name.is_empty() || self.stmts.contains(name) || r.remaining() != n * 4 {
+                    let (name, query, types) = decode_parse(body)?;
+                    if name.is_empty() || self.stmts.contains(name) {
                         return Ok(None);
                     }
-                    let types: Vec<u32> =
-                        (0..n).map(|_| r.u32("parameter type")).collect::<Result<_, _>>()?;
                     let def = self.ctx.registry.borrow_mut().intern(query, &types);
                     if !def.validated_for(self.session.pool) {
                         return Ok(None);
@@ -522,14 +514,9 @@ impl Relay {
             match h.tag {
                 b'S' => break,
                 b'P' => {
-                    let mut r = Reader::new(b'P', body);
-                    let name: Rc<[u8]> = r.cstr("statement name")?.into();
-                    let query = r.cstr("query")?;
-                    let n = r.u16("parameter count")? as usize;
-                    let types: Vec<u32> =
-                        (0..n).map(|_| r.u32("parameter type")).collect::<Result<_, _>>()?;
+                    let (name, query, types) = decode_parse(body)?;
                     let def = self.ctx.registry.borrow_mut().intern(query, &types);
-                    self.stmts.insert(name, def);
+                    self.stmts.insert(name.into(), def);
                     self.c_out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
                 }
                 _ => {
@@ -745,14 +732,8 @@ impl Relay {
             return self.need_whole(h, pos);
         }
         let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
-        let mut r = Reader::new(b'P', body);
-        let name: Rc<[u8]> = r.cstr("statement name")?.into();
-        let query = r.cstr("query")?;
-        let n = r.u16("parameter count")? as usize;
-        if r.remaining() != n * 4 {
-            return Err(ProtocolError::Malformed { tag: b'P', what: "parameter types" });
-        }
-        let types: Vec<u32> = (0..n).map(|_| r.u32("parameter type")).collect::<Result<_, _>>()?;
+        let (name, query, types) = decode_parse(body)?;
+        let name: Rc<[u8]> = name.into();
         if self.stmts.contains(&name) {
             // Postgres answers 42P05; let the server say it with our name.
             let def = self.stmts.get(&name).expect("present").clone();
@@ -1138,11 +1119,16 @@ impl Relay {
             self.return_server(server);
         }
     }
+}
 
-    /// Ends the session cleanly (Terminate / EOF path).
-    pub fn finish(mut self) -> Session {
-        self.abandon_server();
-        self.session
+/// A decoded Parse: (statement name, query, parameter types).
+type ParseFields<'a> = (&'a [u8], &'a [u8], Vec<u32>);
+
+/// Decodes a whole Parse body with the protocol codec.
+fn decode_parse(body: &[u8]) -> Result<ParseFields<'_>, ProtocolError> {
+    match FrontendMessage::decode_body(b'P', body)? {
+        FrontendMessage::Parse { name, query, param_types } => Ok((name, query, param_types)),
+        _ => Err(ProtocolError::Malformed { tag: b'P', what: "message" }),
     }
 }
 

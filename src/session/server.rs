@@ -2,12 +2,12 @@
 //! proxy's own simple queries (parameter sync, reset), and its bookkeeping
 //! (cancel key, parameters, prepared statements).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::auth::{self, Secret};
 use crate::net::{self, ReadHalf, WriteHalf};
+use crate::protocol::backend;
 use crate::protocol::frame::{self, Reader, Writer};
 use crate::protocol::startup;
 use crate::session::params::ParamSet;
@@ -100,23 +100,15 @@ pub struct PgError {
 }
 
 impl PgError {
+    /// Reads severity, SQLSTATE and message with the protocol codec.
     pub fn parse(body: &[u8]) -> PgError {
-        let mut e = PgError { severity: "ERROR".into(), code: "XX000".into(), message: String::new() };
-        let mut r = Reader::new(b'E', body);
-        while let Ok(t) = r.u8("field") {
-            if t == 0 {
-                break;
-            }
-            let Ok(v) = r.cstr("value") else { break };
-            let v = String::from_utf8_lossy(v).into_owned();
-            match t {
-                b'S' => e.severity = v,
-                b'C' => e.code = v,
-                b'M' => e.message = v,
-                _ => {}
-            }
-        }
-        e
+        let fields = backend::ErrorFields::parse(body).ok();
+        let field = |code: u8, default: &str| {
+            fields
+                .and_then(|f| f.field(code))
+                .map_or_else(|| default.to_string(), |v| String::from_utf8_lossy(v).into_owned())
+        };
+        PgError { severity: field(b'S', "ERROR"), code: field(b'C', "XX000"), message: field(b'M', "") }
     }
 }
 
@@ -361,11 +353,6 @@ impl ServerConn {
     /// Whether the connection outlived `lifetime` (0 = never).
     pub fn expired(&self, now: Instant, lifetime: Duration) -> bool {
         !lifetime.is_zero() && now.duration_since(self.created) >= lifetime
-    }
-
-    /// Parameter values as a map (diagnostics).
-    pub fn param_map(&self) -> HashMap<String, String> {
-        self.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 }
 
