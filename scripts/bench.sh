@@ -5,12 +5,15 @@
 #
 #   scripts/bench.sh [--quick] [--workers N] [--no-pin] [--time SECS] [--scale N]
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
+#                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']...
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #
 # Cells: select-only (-S) and tpcb-like, protocols simple/extended/prepared,
 # -c 16 and -c 64, plus select-only simple -C (a new connection per
 # transaction) at -c 16. Defaults: scale 10, -j 2, -T 15 each, pool size 20,
-# transaction pooling in both proxies. --quick runs 5 cells at -T 5.
+# transaction pooling in both proxies. --quick runs 5 cells at -T 5. --cell
+# (repeatable) runs only the cells given, e.g. --cell 'select-only simple 16 -C'
+# or --cell 'tpcb-like extended 64 -'.
 #
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
@@ -34,6 +37,7 @@ POOL_SIZE=20
 OUT=
 WITH_PGBOUNCER=1
 BUILD=1
+ONLY_CELLS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -45,6 +49,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift ;;
         --no-pgbouncer) WITH_PGBOUNCER=0 ;;
         --no-build) BUILD=0 ;;
+        --cell) ONLY_CELLS+=("$2"); shift ;;
         -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -54,6 +59,12 @@ if [[ -z $DURATION ]]; then
     if [[ $QUICK -eq 1 ]]; then DURATION=5; else DURATION=15; fi
 fi
 [[ $WORKERS == auto || $WORKERS =~ ^[0-9]+$ ]] || { echo "--workers: a number or auto" >&2; exit 2; }
+for cell in "${ONLY_CELLS[@]}"; do
+    read -r workload protocol clients extra <<<"$cell"
+    [[ $workload =~ ^(select-only|tpcb-like)$ && $protocol =~ ^(simple|extended|prepared)$ &&
+        $clients =~ ^[0-9]+$ && ${extra:--} =~ ^(-|-C)$ ]] ||
+        { echo "--cell '$cell': expected 'select-only|tpcb-like simple|extended|prepared CLIENTS -|-C'" >&2; exit 2; }
+done
 
 APP_USER=app
 APP_PASSWORD=app-secret
@@ -239,6 +250,9 @@ else
         done
     done
     CELLS+=("select-only simple 16 -C")
+fi
+if [[ ${#ONLY_CELLS[@]} -gt 0 ]]; then
+    CELLS=("${ONLY_CELLS[@]}")
 fi
 TARGETS=(direct pgwarden)
 [[ $WITH_PGBOUNCER -eq 1 ]] && TARGETS+=(pgbouncer)
