@@ -18,11 +18,13 @@
 //! `Debug` output or log line carries a password, proof, key or secret:
 //! these values live in snapshots and sessions that are logged and shown.
 //!
-//! JWT validation will live beside this as its own submodule.
+//! - [`jwt`]: verification keys from PEM and JWKS, token validation, and
+//!   signing for the developer tools.
 
 pub mod cleartext;
 mod crypto;
 mod error;
+pub mod jwt;
 pub mod md5;
 mod saslprep;
 pub mod scram;
