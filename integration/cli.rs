@@ -132,3 +132,42 @@ fn proxy_refuses_to_start_on_invalid_config() {
     assert!(!out.success(), "pgwarden exited 0 on an invalid config: {out}");
     assert!(out.all().contains("general.pool_mode"), "the startup error should name the bad key: {out}");
 }
+
+#[test]
+fn keygen_and_token_make_keys_openssl_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let out_dir = dir.path().join(alg);
+        let out = pgwarden(&["keygen", "--alg", alg, "--out", out_dir.to_str().unwrap()]);
+        assert!(out.success(), "keygen {alg}: {out}");
+        assert!(out.stdout.contains("kid "), "{out}");
+        // OpenSSL reads both halves, and derives the same public key.
+        let private = out_dir.join("private.pem");
+        let derived = Command::new("openssl")
+            .args(["pkey", "-pubout", "-in", private.to_str().unwrap()])
+            .output()
+            .expect("run openssl");
+        assert!(derived.status.success(), "openssl cannot read the {alg} private key");
+        let public = std::fs::read(out_dir.join("public.pem")).unwrap();
+        assert_eq!(derived.stdout, public, "{alg}: public.pem differs from the private key's");
+        let token = pgwarden(&[
+            "token",
+            "--key",
+            private.to_str().unwrap(),
+            "--sub",
+            "alice",
+            "--ttl",
+            "5m",
+            "--aud",
+            "pg",
+        ]);
+        assert!(token.success(), "token {alg}: {token}");
+        assert_eq!(token.stdout.trim().split('.').count(), 3, "not a compact JWS: {token}");
+    }
+    let again = pgwarden(&["keygen", "--out", dir.path().join("EdDSA").to_str().unwrap(), "--alg", "EdDSA"]);
+    assert!(!again.success(), "keygen overwrote a private key: {again}");
+    let missing = pgwarden(&["token", "--sub", "x"]);
+    assert!(!missing.success() && missing.stderr.contains("--key"), "{missing}");
+    let bad_alg = pgwarden(&["keygen", "--alg", "HS256", "--out", "x"]);
+    assert!(!bad_alg.success() && bad_alg.stderr.contains("unknown algorithm"), "{bad_alg}");
+}

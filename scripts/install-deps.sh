@@ -2,7 +2,7 @@
 # Installs what pgwarden's tests, quickstart and benchmarks need, and nothing
 # if it is all there already (then it prints nothing).
 #
-#   Debian packages: postgresql postgresql-contrib pgbouncer libclang-dev python3-pip
+#   Debian packages: postgresql postgresql-contrib pgbouncer libclang-dev python3-pip openssl
 #   Python:          psycopg[binary] (psycopg 3), for the psycopg integration test
 #
 # Safe to run again and again: apt-get update runs once, and only when a
@@ -11,7 +11,7 @@
 # their own throwaway servers.
 set -euo pipefail
 
-APT_PACKAGES=(postgresql postgresql-contrib pgbouncer libclang-dev python3-pip)
+APT_PACKAGES=(postgresql postgresql-contrib pgbouncer libclang-dev python3-pip openssl)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 

@@ -6,7 +6,7 @@
 //! | module | what lives there | I/O? |
 //! |---|---|---|
 //! | [`protocol`] | the v3 wire codec over byte slices | no |
-//! | [`auth`] | SCRAM-SHA-256, md5, cleartext verification | no |
+//! | [`auth`] | SCRAM-SHA-256, md5, cleartext verification, JWT keys and validation | no |
 //! | [`config`] | TOML -> validated config, every error with its key path | no (file read only) |
 //! | [`pool`] | pool slices, the global cap, checkout/release decisions | no |
 //! | [`sql`] | lexer-level statement recognition (PREPARE/EXECUTE/DEALLOCATE) | no |
@@ -14,6 +14,7 @@
 //! | [`net`] | sockets, owned-buffer io_uring reads and writes | yes |
 //! | [`shard`] | one pinned io_uring executor per core, accept loops | yes |
 //! | [`control`] | the control thread: signals and graceful shutdown | yes |
+//! | [`tools`] | `pgwarden keygen` and `pgwarden token` | files only |
 //!
 //! Only `net` and `shard` name the runtime (monoio).
 
@@ -27,3 +28,4 @@ pub mod protocol;
 pub mod session;
 pub mod shard;
 pub mod sql;
+pub mod tools;

@@ -5,12 +5,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use pgwarden::auth::jwt::Algorithm;
+use pgwarden::tools::{self, TokenRequest};
+
 const HELP: &str = "\
 pgwarden: a thread-per-core PostgreSQL proxy and connection pooler on io_uring
 
 USAGE:
     pgwarden --config FILE          run the proxy with the configuration in FILE
     pgwarden check --config FILE    validate FILE; print every error with its key path
+    pgwarden keygen [--alg RS256|ES256|ES384|EdDSA] --out DIR
+                                    write DIR/private.pem (mode 0600), DIR/public.pem and
+                                    DIR/jwks.json for a new signing key (default ES256)
+    pgwarden token --key PRIVATE.pem --sub NAME [--ttl 1h] [--aud A]... [--iss I]
+                   [--kid K] [--alg ALG] [--claim key=value]...
+                                    print a signed JWT (exp = now + ttl; ttl as 90s, 15m,
+                                    1h or 2d; a claim value that parses as JSON is JSON,
+                                    otherwise a string; kid defaults to the keygen kid)
     pgwarden --help                 print this help
     pgwarden --version              print the version
 
@@ -24,11 +35,63 @@ transactions finish for up to general.shutdown_timeout_ms, then exit.
 enum Command {
     Run(PathBuf),
     Check(PathBuf),
+    Keygen(Algorithm, PathBuf),
+    Token(TokenRequest),
     Help,
     Version,
 }
 
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    Algorithm::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        format!("unknown algorithm {name:?} (one of {})", names.join(", "))
+    })
+}
+
+fn parse_keygen(args: &[String]) -> Result<Command, String> {
+    let mut alg = Algorithm::ES256;
+    let mut out = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--alg" => alg = algorithm(value()?)?,
+            "--out" => out = Some(PathBuf::from(value()?)),
+            other => return Err(format!("keygen: unknown argument \"{other}\" (see pgwarden --help)")),
+        }
+    }
+    Ok(Command::Keygen(alg, out.ok_or("keygen: missing --out DIR")?))
+}
+
+fn parse_token(args: &[String]) -> Result<Command, String> {
+    let mut req = TokenRequest { ttl_secs: 3600, ..TokenRequest::default() };
+    let (mut key, mut sub) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--key" => key = Some(PathBuf::from(value()?)),
+            "--sub" => sub = Some(value()?),
+            "--ttl" => req.ttl_secs = tools::parse_duration_secs(&value()?)?,
+            "--aud" => req.aud.push(value()?),
+            "--iss" => req.iss = Some(value()?),
+            "--kid" => req.kid = Some(value()?),
+            "--alg" => req.alg = Some(algorithm(&value()?)?),
+            "--claim" => req.claims.push(value()?),
+            other => return Err(format!("token: unknown argument \"{other}\" (see pgwarden --help)")),
+        }
+    }
+    req.key = key.ok_or("token: missing --key PRIVATE.pem")?;
+    req.sub = sub.ok_or("token: missing --sub NAME")?;
+    Ok(Command::Token(req))
+}
+
 fn parse_args(args: &[String]) -> Result<Command, String> {
+    match args.first().map(String::as_str) {
+        Some("keygen") => return parse_keygen(&args[1..]),
+        Some("token") => return parse_token(&args[1..]),
+        _ => {}
+    }
     let mut config = None;
     let mut check = false;
     let mut it = args.iter();
@@ -66,6 +129,29 @@ fn main() -> ExitCode {
             }
             Err(errs) => {
                 eprintln!("{errs}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::Keygen(alg, dir)) => match tools::keygen(alg, &dir) {
+            Ok(out) => {
+                println!("{alg} key, kid {}", out.kid);
+                println!("  private key: {} (keep it secret)", out.private_key.display());
+                println!("  public key:  {}  -> [jwt] public_key_file", out.public_key.display());
+                println!("  JWKS:        {}  -> [jwt] jwks_file", out.jwks.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgwarden keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::Token(req)) => match tools::token(&req) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgwarden token: {e}");
                 ExitCode::FAILURE
             }
         },

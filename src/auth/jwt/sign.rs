@@ -163,7 +163,25 @@ pub fn generate_pkcs8(alg: Algorithm) -> Result<Vec<u8>, KeyError> {
     let rng = SystemRandom::new();
     let fail = |e: ring::error::Unspecified| KeyError(format!("key generation failed: {e}"));
     match alg {
-        Algorithm::EdDSA => Ok(Ed25519KeyPair::generate_pkcs8(&rng).map_err(fail)?.as_ref().to_vec()),
+        Algorithm::EdDSA => {
+            // ring writes PKCS#8 v2 (with the public key), which OpenSSL 3.0
+            // cannot read; keep the seed and write v1 (RFC 8410), which both read.
+            let v2 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(fail)?;
+            let seed = v2
+                .as_ref()
+                .windows(2)
+                .position(|w| w == [0x04, 0x20])
+                .map(|i| &v2.as_ref()[i + 2..i + 34])
+                .ok_or_else(|| KeyError("unexpected Ed25519 PKCS#8 layout".into()))?;
+            let mut v1 = vec![
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+                0x20,
+            ];
+            v1.extend_from_slice(seed);
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1)
+                .map_err(|e| KeyError(format!("Ed25519 key check failed: {e}")))?;
+            Ok(v1)
+        }
         Algorithm::ES256 => {
             Ok(EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                 .map_err(fail)?
