@@ -133,6 +133,13 @@ fn unknown_kid_asks_for_a_refresh() {
     let keys = keyset(&[(Algorithm::RS256, None)]);
     let err = check(&token(Algorithm::EdDSA, None, json!({})), &keys, &Policy::default()).unwrap_err();
     assert_eq!(err, JwtError::NoKeyForAlgorithm(Algorithm::EdDSA));
+    // A kid the set does not name still verifies against a key without kid
+    // (from a PEM file); a wrong signature then reads as an unknown key.
+    let keys = keyset(&[(Algorithm::ES256, None)]);
+    check(&token(Algorithm::ES256, Some("idp-key"), json!({})), &keys, &Policy::default()).unwrap();
+    let other = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
+    let t = other.sign(Algorithm::ES256, Some("idp-key"), &claims(json!({}))).unwrap();
+    assert_eq!(check(&t, &keys, &Policy::default()).unwrap_err(), JwtError::UnknownKid("idp-key".into()));
 }
 
 #[test]

@@ -189,13 +189,23 @@ pub fn validate(token: &[u8], keys: &KeySet, policy: &Policy, now: u64) -> Resul
         URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
     let good = match &header.kid {
-        Some(kid) => {
-            let key = keys.by_kid(kid).ok_or_else(|| JwtError::UnknownKid(kid.clone()))?;
-            if !key.allows(alg) {
-                return Err(JwtError::KeyAlgorithmMismatch { kid: kid.clone(), alg });
+        Some(kid) => match keys.by_kid(kid) {
+            Some(key) if !key.allows(alg) => {
+                return Err(JwtError::KeyAlgorithmMismatch { kid: kid.clone(), alg })
             }
-            key.verify(alg, signed, &sig)
-        }
+            Some(key) => key.verify(alg, signed, &sig),
+            // Keys from PEM files have no kid: a token from an identity
+            // provider that names its key still verifies against them. If none
+            // does, a key refresh may bring the kid.
+            None => {
+                let mut anonymous =
+                    keys.allowing(alg).filter(|k| k.kid().is_none()).take(MAX_KEYS_TRIED_WITHOUT_KID);
+                if !anonymous.any(|key| key.verify(alg, signed, &sig)) {
+                    return Err(JwtError::UnknownKid(kid.clone()));
+                }
+                true
+            }
+        },
         None => {
             let mut candidates = keys.allowing(alg).take(MAX_KEYS_TRIED_WITHOUT_KID).peekable();
             if candidates.peek().is_none() {
