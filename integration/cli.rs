@@ -171,3 +171,25 @@ fn keygen_and_token_make_keys_openssl_reads() {
     let bad_alg = pgwarden(&["keygen", "--alg", "HS256", "--out", "x"]);
     assert!(!bad_alg.success() && bad_alg.stderr.contains("unknown algorithm"), "{bad_alg}");
 }
+
+#[test]
+fn jwt_example_config_is_valid_and_check_loads_its_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let example = repo_root().join("config/jwt.toml");
+    let check = |dir: &std::path::Path| {
+        let mut cmd = Command::new(pgwarden_bin());
+        cmd.current_dir(dir).env("PGWARDEN_AUTHENTICATOR_PASSWORD", "x").args([
+            "check",
+            "--config",
+            example.to_str().unwrap(),
+        ]);
+        run(cmd, None, Duration::from_secs(30))
+    };
+    // Without the key file, check names it.
+    let out = check(dir.path());
+    assert!(!out.success() && out.stderr.contains("jwt.public_key_file"), "{out}");
+    let keys = dir.path().join("keys");
+    assert!(pgwarden(&["keygen", "--out", keys.to_str().unwrap()]).success());
+    let out = check(dir.path());
+    assert!(out.success(), "check of config/jwt.toml with its keys failed: {out}");
+}

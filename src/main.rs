@@ -123,7 +123,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Check(path)) => match pgwarden::config::load(&path) {
-            Ok(_) => {
+            Ok(config) => {
+                // Key files are part of the configuration: load them too.
+                if let Some(jwt) = &config.jwt {
+                    if let Err(e) = pgwarden::session::jwt::JwtRuntime::new(&config, jwt) {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }

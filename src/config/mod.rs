@@ -11,7 +11,7 @@
 //! environment lookup, and [`load`] adds only the file read.
 //!
 //! - `walk`: the typed getters and unknown-key detection every section uses.
-//! - `general`, `database`, `user`: one reader per section, with the rules
+//! - `general`, `database`, `user`, `jwt`: one reader per section, with the rules
 //!   about a single entry.
 //! - `validate`: rules across entries (at least one, unique names).
 //! - `env`: `${NAME}` substitution in string values.
@@ -27,6 +27,7 @@ mod database;
 mod env;
 mod error;
 mod general;
+mod jwt;
 mod model;
 mod password;
 mod user;
@@ -39,7 +40,11 @@ mod tests;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use model::{auto_workers, AuthMethod, Config, Database, General, LogLevel, PoolMode, User, MAX_WORKERS};
+pub use jwt::reserved_role;
+pub use model::{
+    auto_workers, AuthMethod, Config, Database, General, Identity, Jwt, JwtRole, LogLevel, PoolMode, User,
+    MAX_WORKERS,
+};
 pub use password::PasswordKind;
 
 use walk::{Ctx, Reader};
@@ -103,11 +108,13 @@ fn build(ctx: &mut Ctx<'_>, raw: &toml::Table) -> Config {
     let general = general::read(ctx, general_table);
     let databases = database::read_all(ctx, &mut root);
     let users = user::read_all(ctx, &mut root, &general);
+    let jwt = root.table(ctx, "jwt").map(|t| jwt::read(ctx, t));
     root.finish_top_level(ctx);
-    validate::check(ctx, &databases, &users);
+    validate::check(ctx, &databases, &users, jwt.as_ref());
     Config {
         general,
         databases: databases.into_iter().map(|e| e.value).collect(),
         users: users.into_iter().map(|e| e.value).collect(),
+        jwt,
     }
 }

@@ -4,6 +4,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::auth::jwt::Algorithm;
 
 use super::walk::Choice;
 
@@ -13,8 +16,10 @@ pub struct Config {
     pub general: General,
     /// At least one; names are unique.
     pub databases: Vec<Database>,
-    /// At least one; names are unique.
+    /// Names are unique; may be empty when `jwt` is set.
     pub users: Vec<User>,
+    /// `[jwt]`: token logins; `None` when the section is absent.
+    pub jwt: Option<Jwt>,
 }
 
 impl Config {
@@ -157,6 +162,87 @@ impl fmt::Debug for Redacted {
     }
 }
 
+/// `[jwt]`: logins with a signed token as the password. See
+/// `config/pgwarden.toml` and `config/jwt.toml` for each key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Jwt {
+    /// PEM files with public keys (`public_key_file`, one path or a list).
+    pub public_key_files: Vec<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    /// Empty: every algorithm we verify.
+    pub algorithms: Vec<Algorithm>,
+    /// Accepted `iss`; empty: not checked.
+    pub issuers: Vec<String>,
+    /// Accepted `aud`; empty: not checked.
+    pub audiences: Vec<String>,
+    pub leeway_secs: u64,
+    /// A claim name or a dotted path into nested claims.
+    pub username_claim: String,
+    /// When set, only startup users ending with it are JWT logins.
+    pub user_suffix: Option<String>,
+    pub match_startup_user: bool,
+    /// Claim value -> Postgres role; identities not in it map to themselves.
+    pub role_map: Vec<(String, String)>,
+    /// Exact names, or prefixes ending with `*`; empty: any role not refused
+    /// otherwise.
+    pub allowed_roles: Vec<String>,
+    pub identity: Identity,
+    /// The authenticator in `identity = "set_role"` mode.
+    pub server_user: Option<String>,
+    pub server_password: Option<String>,
+    pub auto_provision: bool,
+    pub auto_provision_pool_size: u32,
+    pub max_auto_pools: u32,
+    pub require_tls: bool,
+    /// `[[jwt.roles]]`: roles with their own settings; without
+    /// `auto_provision`, the only roles that may log in.
+    pub roles: Vec<JwtRole>,
+}
+
+impl fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jwt")
+            .field("public_key_files", &self.public_key_files)
+            .field("jwks_file", &self.jwks_file)
+            .field("algorithms", &self.algorithms)
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("username_claim", &self.username_claim)
+            .field("identity", &self.identity)
+            .field("server_user", &self.server_user)
+            .field("server_password", &self.server_password.as_ref().map(|_| Redacted))
+            .field("auto_provision", &self.auto_provision)
+            .field("require_tls", &self.require_tls)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Jwt {
+    /// The `[[jwt.roles]]` entry for `role`.
+    pub fn role(&self, role: &str) -> Option<&JwtRole> {
+        self.roles.iter().find(|r| r.name == role)
+    }
+}
+
+/// `[[jwt.roles]]`: one Postgres role JWT logins may become.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtRole {
+    pub name: String,
+    pub pool_size: Option<u32>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// Who the server connection of a JWT login is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// Logs in as `server_user` and takes the mapped role with the `role`
+    /// startup parameter; role-changing statements are refused.
+    SetRole,
+    /// Logs in as the mapped role itself.
+    Login,
+}
+
 /// How long a server connection stays bound to one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PoolMode {
@@ -200,6 +286,10 @@ impl Choice for AuthMethod {
     ];
 }
 
+impl Choice for Identity {
+    const CHOICES: &'static [(&'static str, Self)] = &[("set_role", Self::SetRole), ("login", Self::Login)];
+}
+
 impl Choice for LogLevel {
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("error", Self::Error),
@@ -232,4 +322,4 @@ macro_rules! config_spelling {
     )*};
 }
 
-config_spelling!(PoolMode, AuthMethod, LogLevel);
+config_spelling!(PoolMode, AuthMethod, LogLevel, Identity);

@@ -2,17 +2,61 @@
 //! what must exist, and what must be unique. Rules about a single entry live
 //! with its reader (`database.rs`, `user.rs`).
 
-use super::model::{Database, User};
+use super::model::{Database, Jwt, User};
 use super::walk::Ctx;
 use super::Entry;
 
-pub(super) fn check(ctx: &mut Ctx<'_>, databases: &[Entry<Database>], users: &[Entry<User>]) {
+pub(super) fn check(
+    ctx: &mut Ctx<'_>,
+    databases: &[Entry<Database>],
+    users: &[Entry<User>],
+    jwt: Option<&Jwt>,
+) {
     require_some(ctx, "databases", databases.len());
-    // Users could come from other sources (JWT) in future; for now every
-    // login is a configured user, so a config without users admits no one.
-    require_some(ctx, "users", users.len());
+    // Without [jwt], every login is a configured user: no users admits no one.
+    if jwt.is_none() {
+        require_some(ctx, "users", users.len());
+    }
     check_database_names(ctx, databases);
     check_unique(ctx, users, "user", |u| &u.name);
+    if let Some(jwt) = jwt {
+        check_jwt_roles(ctx, jwt, users);
+        if jwt.require_tls {
+            ctx.error(
+                "jwt.require_tls",
+                "JWT logins must arrive over TLS, and pgwarden cannot terminate TLS yet; set \
+                 require_tls = false only where the network between clients and pgwarden is trusted \
+                 (tokens then travel in clear text)",
+            );
+        }
+    }
+}
+
+/// A JWT role must not be a static user's name or server role, nor the
+/// authenticator: a token must never obtain those credentials.
+fn check_jwt_roles(ctx: &mut Ctx<'_>, jwt: &Jwt, users: &[Entry<User>]) {
+    let clash = |role: &str| -> Option<String> {
+        if let Some(u) = users.iter().find(|u| u.value.name == role || u.value.server_user == role) {
+            return Some(format!("it is the static user or server role of {}", u.path));
+        }
+        (jwt.server_user.as_deref() == Some(role)).then(|| "it is jwt.server_user".to_string())
+    };
+    for (claim, role) in &jwt.role_map {
+        if let Some(why) = clash(role) {
+            ctx.error(
+                &format!("jwt.role_map.{claim:?}"),
+                format!("role {role:?} cannot be a JWT role: {why}"),
+            );
+        }
+    }
+    for (i, role) in jwt.roles.iter().enumerate() {
+        if let Some(why) = clash(&role.name) {
+            ctx.error(
+                &format!("jwt.roles[{i}].name"),
+                format!("role {:?} cannot be a JWT role: {why}", role.name),
+            );
+        }
+    }
 }
 
 /// `[[key]]` must have at least one entry (unless the key is already

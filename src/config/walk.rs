@@ -176,6 +176,63 @@ impl<'t> Reader<'t> {
         None
     }
 
+    /// A string or an array of strings (each with `${NAME}` substituted);
+    /// an empty array is an empty list.
+    pub(super) fn strings(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Vec<String>> {
+        let path = self.path_of(key);
+        match self.get(ctx, key)? {
+            Value::String(raw) => Some(vec![ctx.expand(&path, raw)?]),
+            Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    match item.as_str() {
+                        Some(raw) => match ctx.expand(&item_path, raw) {
+                            Some(v) => out.push(v),
+                            None => ok = false,
+                        },
+                        None => {
+                            ctx.error(&item_path, expected("a string", item, false));
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(out)
+            }
+            other => {
+                ctx.error(&path, expected("a string or an array of strings", other, false));
+                None
+            }
+        }
+    }
+
+    /// A table of string values (`key = "value"` pairs), in file order.
+    pub(super) fn string_table(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+    ) -> Option<Vec<(String, String)>> {
+        let path = self.path_of(key);
+        let table = self.table(ctx, key)?;
+        let mut out = Vec::with_capacity(table.len());
+        let mut ok = true;
+        for (k, v) in table {
+            let item_path = format!("{path}.{}", quote_key(k));
+            match v.as_str() {
+                Some(raw) => match ctx.expand(&item_path, raw) {
+                    Some(v) => out.push((k.clone(), v)),
+                    None => ok = false,
+                },
+                None => {
+                    ctx.error(&item_path, expected("a string", v, false));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
     /// A boolean (`true` or `false`).
     pub(super) fn boolean(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<bool> {
         let path = self.path_of(key);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,19 @@ const POOL_RECHECK: Duration = Duration::from_millis(10);
 /// socket before it is lent out.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(5);
 
-/// One pool: a (user, database) pair.
+/// What a pool is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PoolKey {
+    /// A `[[users]]` entry and a database.
+    User { user: String, database: String },
+    /// A JWT role and a database.
+    JwtRole { role: String, database: String },
+}
+
+/// One pool: a (user or JWT role, database) pair.
 #[derive(Debug)]
 pub struct PoolDef {
+    /// The user, or the JWT role, for messages and logs.
     pub user: String,
     pub database: String,
     pub mode: PoolMode,
@@ -39,12 +49,96 @@ pub struct PoolDef {
     pub login: ServerLogin,
 }
 
+/// Every pool, static and provisioned. Only logins and a new server
+/// connection read it (shards keep their own copy of the definitions they
+/// use); pools are added, never removed or changed.
+#[derive(Default)]
+pub struct PoolTable {
+    inner: RwLock<PoolTableInner>,
+}
+
+#[derive(Default)]
+struct PoolTableInner {
+    defs: Vec<Arc<PoolDef>>,
+    index: HashMap<PoolKey, usize>,
+    /// Pools made by `jwt.auto_provision`.
+    auto: usize,
+}
+
+impl PoolTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, PoolTableInner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, key: PoolKey, def: PoolDef) -> usize {
+        let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let idx = t.defs.len();
+        t.defs.push(Arc::new(def));
+        t.index.insert(key, idx);
+        idx
+    }
+
+    pub fn lookup(&self, key: &PoolKey) -> Option<usize> {
+        self.read().index.get(key).copied()
+    }
+
+    pub fn get(&self, idx: usize) -> Option<Arc<PoolDef>> {
+        self.read().defs.get(idx).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().defs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pool for `key`, made by `make` if it does not exist yet; `auto`
+    /// pools count against `max_auto`.
+    pub fn provision(
+        &self,
+        key: PoolKey,
+        auto: bool,
+        max_auto: usize,
+        make: impl FnOnce() -> PoolDef,
+    ) -> Result<usize, String> {
+        let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(&idx) = t.index.get(&key) {
+            return Ok(idx);
+        }
+        if auto {
+            if t.auto >= max_auto {
+                return Err(format!(
+                    "no pool can be provisioned: max_auto_pools ({max_auto}) pools exist already; \
+                     raise jwt.max_auto_pools or list the role under [[jwt.roles]]"
+                ));
+            }
+            t.auto += 1;
+        }
+        let idx = t.defs.len();
+        t.defs.push(Arc::new(make()));
+        t.index.insert(key, idx);
+        Ok(idx)
+    }
+}
+
+/// Where a database lives, resolved at start-up.
+#[derive(Debug, Clone)]
+pub struct DbTarget {
+    pub addr: SocketAddr,
+    pub target: u32,
+    pub database_name: String,
+}
+
 /// Process-wide state, shared by all shards.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub pools: Vec<PoolDef>,
-    /// Pool index by (user, database).
-    pub pool_index: HashMap<(String, String), usize>,
+    pub pools: PoolTable,
+    /// Databases by the name clients use.
+    pub databases: HashMap<String, DbTarget>,
+    /// JWT keys and rules, when `[jwt]` is configured.
+    pub jwt: Option<crate::session::jwt::JwtRuntime>,
     /// Server addresses, indexed by `ServerLogin::target`.
     pub targets: Vec<SocketAddr>,
     pub cancel: CancelRegistry,
@@ -62,8 +156,8 @@ impl Shared {
     /// Builds pools for every (user, database) pair of the config.
     pub fn new(config: Arc<Config>, shards: usize) -> Result<Shared, String> {
         let mut targets: Vec<SocketAddr> = Vec::new();
-        let mut pools = Vec::new();
-        let mut pool_index = HashMap::new();
+        let pools = PoolTable::default();
+        let mut databases = HashMap::new();
         let g = &config.general;
         for db in &config.databases {
             let addr = crate::net::resolve(&db.host, db.port)
@@ -75,6 +169,8 @@ impl Shared {
                     targets.len() - 1
                 }
             } as u32;
+            databases
+                .insert(db.name.clone(), DbTarget { addr, target, database_name: db.database_name.clone() });
             for user in &config.users {
                 let password =
                     user.server_password.as_deref().or(user.password.as_deref()).map(Secret::parse);
@@ -84,19 +180,26 @@ impl Shared {
                     database: db.database_name.clone(),
                     user: user.server_user.clone(),
                     password,
+                    role: None,
                     scram_keys: None,
                     connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
                 };
-                pool_index.insert((user.name.clone(), db.name.clone()), pools.len());
-                pools.push(PoolDef {
-                    user: user.name.clone(),
-                    database: db.name.clone(),
-                    mode: config.pool_mode(user),
-                    shared: Arc::new(PoolShared::new(config.pool_size(user), shards)),
-                    login,
-                });
+                pools.add(
+                    PoolKey::User { user: user.name.clone(), database: db.name.clone() },
+                    PoolDef {
+                        user: user.name.clone(),
+                        database: db.name.clone(),
+                        mode: config.pool_mode(user),
+                        shared: Arc::new(PoolShared::new(config.pool_size(user), shards)),
+                        login,
+                    },
+                );
             }
         }
+        let jwt = match &config.jwt {
+            Some(j) => Some(crate::session::jwt::JwtRuntime::new(&config, j)?),
+            None => None,
+        };
         let mut scram_for_plain = HashMap::new();
         for user in &config.users {
             if let Some(Secret::Plain(p)) = user.password.as_deref().map(Secret::parse) {
@@ -108,7 +211,8 @@ impl Shared {
             scram_for_plain,
             config,
             pools,
-            pool_index,
+            databases,
+            jwt,
             targets,
             cancel: CancelRegistry::new(shards),
             shutdown: AtomicBool::new(false),
@@ -120,13 +224,79 @@ impl Shared {
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
+
+    /// The pool of JWT `role` on `database`, provisioned on first use when
+    /// the role is listed under `[[jwt.roles]]` or `auto_provision` is on.
+    pub fn jwt_pool(&self, role: &str, database: &str) -> Result<usize, SessionError> {
+        let key = PoolKey::JwtRole { role: role.to_owned(), database: database.to_owned() };
+        if let Some(idx) = self.pools.lookup(&key) {
+            return Ok(idx);
+        }
+        let jwt = self.config.jwt.as_ref().ok_or_else(|| SessionError::Refused {
+            sqlstate: "28000",
+            message: "JWT logins are not configured".into(),
+        })?;
+        let db = self.databases.get(database).ok_or_else(|| SessionError::Refused {
+            sqlstate: "3D000",
+            message: format!("database \"{database}\" does not exist"),
+        })?;
+        let listed = jwt.role(role);
+        if listed.is_none() && !jwt.auto_provision {
+            return Err(SessionError::Refused {
+                sqlstate: "28000",
+                message: format!(
+                    "role \"{role}\" is not allowed: it is not listed under [[jwt.roles]] and \
+                     jwt.auto_provision is off"
+                ),
+            });
+        }
+        let g = &self.config.general;
+        let (server_user, role_param) = match jwt.identity {
+            crate::config::Identity::SetRole => {
+                (jwt.server_user.clone().unwrap_or_default(), Some(role.to_owned()))
+            }
+            crate::config::Identity::Login => (role.to_owned(), None),
+        };
+        let size = listed.and_then(|r| r.pool_size).unwrap_or(jwt.auto_provision_pool_size);
+        let mode = listed.and_then(|r| r.pool_mode).unwrap_or(g.pool_mode);
+        let make = || PoolDef {
+            user: role.to_owned(),
+            database: database.to_owned(),
+            mode,
+            shared: Arc::new(PoolShared::new(size, self.shards)),
+            login: ServerLogin {
+                addr: db.addr,
+                target: db.target,
+                database: db.database_name.clone(),
+                user: server_user,
+                password: jwt.server_password.as_deref().map(Secret::parse),
+                role: role_param,
+                scram_keys: None,
+                connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
+            },
+        };
+        let idx = self
+            .pools
+            .provision(key, listed.is_none(), jwt.max_auto_pools as usize, make)
+            .map_err(|message| SessionError::Refused { sqlstate: "53300", message })?;
+        if listed.is_none() {
+            log::info!(
+                "provisioned a pool for JWT role \"{role}\" on database \"{database}\" (pool_size {size})"
+            );
+        }
+        Ok(idx)
+    }
 }
 
 /// One shard's state. Lives in an `Rc`; never crosses threads.
 pub struct ShardCtx {
     pub id: usize,
     pub shared: Arc<Shared>,
+    /// This shard's copy of the pool definitions it has used.
+    defs: RefCell<Vec<Option<Arc<PoolDef>>>>,
     slices: RefCell<Vec<Option<PoolSlice<ServerConn>>>>,
+    /// Tokens this shard verified.
+    pub tokens: RefCell<crate::session::jwt::TokenCache>,
     pub registry: RefCell<Registry>,
     waiters: RefCell<HashMap<u64, Option<Waker>>>,
     woken: RefCell<HashSet<u64>>,
@@ -142,7 +312,9 @@ impl ShardCtx {
         Rc::new(ShardCtx {
             id,
             shared,
+            defs: RefCell::new((0..n).map(|_| None).collect()),
             slices: RefCell::new((0..n).map(|_| None).collect()),
+            tokens: RefCell::new(Default::default()),
             registry: RefCell::new(Registry::default()),
             waiters: RefCell::new(HashMap::new()),
             woken: RefCell::new(HashSet::new()),
@@ -158,11 +330,28 @@ impl ShardCtx {
         self.next_id.get()
     }
 
+    /// The definition of pool `idx` (a valid index from the pool table).
+    pub fn def(&self, idx: usize) -> Arc<PoolDef> {
+        let mut defs = self.defs.borrow_mut();
+        if defs.len() <= idx {
+            defs.resize_with(idx + 1, || None);
+        }
+        defs[idx]
+            .get_or_insert_with(|| self.shared.pools.get(idx).expect("pool indexes come from the pool table"))
+            .clone()
+    }
+
     /// Runs `f` on this shard's slice of pool `idx`, creating it lazily.
     pub fn with_slice<R>(&self, idx: usize, f: impl FnOnce(&mut PoolSlice<ServerConn>) -> R) -> R {
         let mut slices = self.slices.borrow_mut();
+        if slices.len() <= idx {
+            slices.resize_with(idx + 1, || None);
+        }
         let slot = &mut slices[idx];
-        let slice = slot.get_or_insert_with(|| PoolSlice::new(self.shared.pools[idx].shared.clone()));
+        let slice = match slot {
+            Some(s) => s,
+            None => slot.insert(PoolSlice::new(self.def(idx).shared.clone())),
+        };
         f(slice)
     }
 
@@ -196,7 +385,7 @@ impl ShardCtx {
                     let now = Instant::now();
                     if now >= deadline {
                         drop(guard);
-                        let p = &self.shared.pools[idx];
+                        let p = self.def(idx);
                         return Err(SessionError::PoolExhausted {
                             user: p.user.clone(),
                             database: p.database.clone(),
@@ -223,7 +412,7 @@ impl ShardCtx {
     }
 
     async fn open(&self, idx: usize) -> Result<ServerConn, SessionError> {
-        let def = &self.shared.pools[idx];
+        let def = self.def(idx);
         let mut login = def.login.clone();
         if matches!(login.password, Some(Secret::Scram(_))) {
             login.scram_keys =

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{self, ScramCredential, ScramSecret, Secret};
-use crate::config::AuthMethod;
+use crate::config::{AuthMethod, Identity};
 use crate::net::{self, ReadHalf, WriteHalf};
 use crate::protocol::backend;
 use crate::protocol::frame::{self, Writer};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{MAX_PASSWORD_MESSAGE_LEN, MAX_STARTUP_PACKET_LEN};
 use crate::session::cancel::CancelSlot;
-use crate::session::ctx::ShardCtx;
+use crate::session::ctx::{PoolKey, ShardCtx};
 use crate::session::params::{self, ParamSet};
 use crate::session::server::ServerConn;
 use crate::session::SessionError;
@@ -51,6 +51,8 @@ pub struct ClientConn {
     pub wr: WriteHalf,
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
+    /// Whether the connection is encrypted.
+    pub tls: bool,
 }
 
 /// A logged-in client, ready for the relay.
@@ -61,6 +63,9 @@ pub struct Session {
     pub params: ParamSet,
     pub pid: i32,
     pub cancel: Arc<CancelSlot>,
+    /// A JWT login in `identity = "set_role"` mode: statements that could
+    /// change the role are refused.
+    pub role_locked: bool,
 }
 
 /// What the first packet asked for.
@@ -198,13 +203,23 @@ async fn login(
     negotiate_version(conn, minor, &raw).await?;
     // AuthenticationOk (and SASLFinal) go out with the welcome, in one write:
     // every separate packet costs the client a wake-up.
-    let mut out = authenticate(ctx, conn, &user).await?;
-    let pool = *ctx.shared.pool_index.get(&(user.clone(), database.clone())).ok_or_else(|| {
-        SessionError::Refused {
-            sqlstate: "3D000",
-            message: format!("database \"{database}\" does not exist"),
+    let mut role_locked = false;
+    let (mut out, pool) = match jwt_identity(ctx, &user) {
+        Some(expected) => {
+            let (out, role) = authenticate_jwt(ctx, conn, &user, expected).await?;
+            role_locked = ctx.shared.config.jwt.as_ref().is_some_and(|j| j.identity == Identity::SetRole);
+            (out, ctx.shared.jwt_pool(&role, &database)?)
         }
-    })?;
+        None => {
+            let out = authenticate(ctx, conn, &user).await?;
+            let key = PoolKey::User { user: user.clone(), database: database.clone() };
+            let pool = ctx.shared.pools.lookup(&key).ok_or_else(|| SessionError::Refused {
+                sqlstate: "3D000",
+                message: format!("database \"{database}\" does not exist"),
+            })?;
+            (out, pool)
+        }
+    };
     let pairs: Vec<(&str, &str)> =
         raw.iter().filter(|(k, _)| !k.starts_with("_pq_.")).map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let params = ParamSet::from_startup(&pairs).map_err(|e| SessionError::Refused {
@@ -227,8 +242,8 @@ async fn login(
         return Err(e);
     }
     let server = lease.take();
-    let session = Session { user, database, pool, params, pid, cancel };
-    let mode = ctx.shared.pools[pool].mode;
+    let session = Session { user, database, pool, params, pid, cancel, role_locked };
+    let mode = ctx.def(pool).mode;
     if mode == crate::config::PoolMode::Transaction {
         ctx.release(pool, server);
         Ok(Opening::Login(session, None))
@@ -336,6 +351,94 @@ async fn authenticate(
     }
     auth_message(&mut out, 0, &[]);
     Ok(out)
+}
+
+/// For a JWT login, the identity the token must carry (the startup user
+/// without `user_suffix`); `None` for a static user's login. Without a
+/// suffix, a configured user name is always a static login, so a token can
+/// never take that user's place.
+fn jwt_identity<'u>(ctx: &ShardCtx, user: &'u str) -> Option<&'u str> {
+    let jwt = ctx.shared.config.jwt.as_ref()?;
+    match &jwt.user_suffix {
+        Some(suffix) => user.strip_suffix(suffix.as_str()).filter(|u| !u.is_empty()),
+        None => ctx.shared.config.user(user).is_none().then_some(user),
+    }
+}
+
+/// Asks for the token as a cleartext password and checks it; returns the
+/// AuthenticationOk to send with the welcome, and the role to become.
+async fn authenticate_jwt(
+    ctx: &Rc<ShardCtx>,
+    conn: &mut ClientConn,
+    user: &str,
+    expected: &str,
+) -> Result<(Vec<u8>, String), SessionError> {
+    let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
+    let rt = ctx.shared.jwt.as_ref().expect("JWT runtime built with [jwt]");
+    if jwt.require_tls && !conn.tls {
+        log::info!("shard {}: JWT login for user \"{user}\" from {} refused: no TLS", ctx.id, conn.peer);
+        return Err(SessionError::Refused {
+            sqlstate: "28000",
+            message: "JWT login requires an encrypted connection: connect with sslmode=require".into(),
+        });
+    }
+    send_auth(conn, 3, &[]).await?;
+    let (_, body) = recv_password(conn).await?;
+    let token = crate::protocol::frontend::decode_password(&body)?;
+    let refuse = |sqlstate: &'static str, reason: String| {
+        let (kid, iss) = describe_token(token);
+        log::info!(
+            "shard {}: JWT login for user \"{user}\" from {} refused (kid {kid}, iss {iss}): {reason}",
+            ctx.id,
+            conn.peer
+        );
+        SessionError::Refused {
+            sqlstate,
+            message: format!("JWT authentication failed for user \"{user}\": {reason}"),
+        }
+    };
+    let verified =
+        rt.validate(&mut ctx.tokens.borrow_mut(), token).map_err(|e| refuse("28P01", e.to_string()))?;
+    let resolved = rt.rules.resolve(&verified.claims).map_err(|e| refuse("28000", e.to_string()))?;
+    if jwt.match_startup_user && resolved.identity != expected {
+        let reason = format!(
+            "the token is for {:?}, not for {expected:?} (connect as the token's identity{})",
+            resolved.identity,
+            jwt.user_suffix.as_deref().map(|s| format!(" followed by {s:?}")).unwrap_or_default()
+        );
+        return Err(refuse("28000", reason));
+    }
+    log::info!(
+        "shard {}: JWT login for user \"{user}\" as role \"{}\" (kid {}, iss {})",
+        ctx.id,
+        resolved.role,
+        verified.kid.as_deref().unwrap_or("-"),
+        verified.iss.as_deref().unwrap_or("-")
+    );
+    let mut out = Vec::with_capacity(512);
+    auth_message(&mut out, 0, &[]);
+    Ok((out, resolved.role))
+}
+
+/// The `kid` and `iss` of a token for a log line, read without trusting
+/// them (the token may be forged), quoted and cut short. Never the token.
+fn describe_token(token: &[u8]) -> (String, String) {
+    let short = |s: &str| format!("{:?}", s.chars().take(64).collect::<String>());
+    let kid = match crate::auth::jwt::peek_header(token) {
+        Ok(h) => h.kid.as_deref().map_or("-".into(), short),
+        Err(_) => "-".into(),
+    };
+    let iss = token
+        .split(|&b| b == b'.')
+        .nth(1)
+        .and_then(|p| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("iss").and_then(|i| i.as_str()).map(short))
+        .unwrap_or_else(|| "-".into());
+    (kid, iss)
 }
 
 /// Keeps the keys a SCRAM login proved, so the proxy can log in to Postgres

@@ -10,6 +10,7 @@
 pub mod cancel;
 pub mod ctx;
 pub mod flow;
+pub mod jwt;
 pub mod login;
 pub mod params;
 pub mod prepared;

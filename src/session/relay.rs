@@ -35,6 +35,18 @@ use crate::sql::{sql_prepared, SqlPrepared};
 
 /// Simple queries up to this size are checked for PREPARE/EXECUTE/DEALLOCATE.
 const SQL_PREPARED_INSPECT_MAX: usize = 64 * 1024;
+/// Largest Query, Parse or FunctionCall a session locked to its token's role
+/// may send: each must be read whole and checked before it is relayed.
+const ROLE_INSPECT_MAX: usize = 1024 * 1024;
+
+/// What a role-locked session's refused statement is replaced with.
+fn role_refusal_sql() -> String {
+    crate::sql::raise_sql(
+        "42501",
+        "statement refused: this session is locked to the role its token names; SET ROLE, RESET ROLE, \
+         SET SESSION AUTHORIZATION, set_config(), DO blocks and DISCARD ALL are not allowed",
+    )
+}
 
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
@@ -114,7 +126,7 @@ enum Need {
 impl Relay {
     pub fn new(ctx: Rc<ShardCtx>, session: Session, server: Option<Box<ServerConn>>, c_in: Vec<u8>) -> Relay {
         let g = &ctx.shared.config.general;
-        let mode = ctx.shared.pools[session.pool].mode;
+        let mode = ctx.def(session.pool).mode;
         let max_msg = g.max_message_size;
         let track_prepared = mode == PoolMode::Transaction && g.prepared_statements_cache_size > 0;
         let mut r = Relay {
@@ -492,6 +504,10 @@ impl Relay {
                     if name.is_empty() || self.stmts.contains(name) {
                         return Ok(None);
                     }
+                    // Checked (and refused) on the way to a server.
+                    if self.session.role_locked && crate::sql::may_change_role(query) {
+                        return Ok(None);
+                    }
                     let def = self.ctx.registry.borrow_mut().intern(query, &types);
                     if !def.validated_for(self.session.pool) {
                         return Ok(None);
@@ -533,9 +549,25 @@ impl Relay {
 
     /// Handles the client message whose header is at `pos`. Returns the
     /// bytes consumed, or None when more input is needed.
-    fn client_message(&mut self, h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
+    fn client_message(&mut self, mut h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
         let avail = self.c_in.len() - pos;
-        let whole = avail >= h.total_len();
+        let mut whole = avail >= h.total_len();
+        if self.session.role_locked && matches!(h.tag, b'Q' | b'P' | b'F') && !self.flow.skipping() {
+            if !whole {
+                if h.total_len() > ROLE_INSPECT_MAX {
+                    return Err(ProtocolError::TooLarge {
+                        tag: h.tag,
+                        len: h.total_len(),
+                        max: ROLE_INSPECT_MAX,
+                    });
+                }
+                return self.need_whole(h, pos);
+            }
+            if self.refuse_role_change(h, pos)? {
+                h = frame::read_header(&self.c_in[pos..], self.max_msg)?.expect("rewritten message is whole");
+                whole = true;
+            }
+        }
         if self.flow.skipping() && h.tag != b'S' {
             // The server ignores everything up to the Sync after an error:
             // relay it untouched, with no bookkeeping (no statement is
@@ -679,6 +711,54 @@ impl Relay {
         w.cstr(sql.as_bytes());
         w.finish();
         h.total_len()
+    }
+
+    /// In a session locked to its token's role, replaces a whole Query,
+    /// Parse or FunctionCall that could change the role with one that makes
+    /// the server raise 42501 (in order, failing the transaction as a refused
+    /// statement would). A Parse keeps its name: executing it raises. Returns
+    /// whether the message at `pos` was rewritten.
+    fn refuse_role_change(&mut self, h: frame::Header, pos: usize) -> Result<bool, ProtocolError> {
+        let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
+        let mut out = Vec::new();
+        match h.tag {
+            b'Q' => {
+                let text = body.strip_suffix(&[0]).unwrap_or(body);
+                if !crate::sql::may_change_role(text) {
+                    return Ok(false);
+                }
+                let mut w = Writer::new(&mut out, b'Q');
+                w.cstr(role_refusal_sql().as_bytes());
+                w.finish();
+            }
+            b'P' => {
+                let (name, query, _) = decode_parse(body)?;
+                if !crate::sql::may_change_role(query) {
+                    return Ok(false);
+                }
+                let mut w = Writer::new(&mut out, b'P');
+                w.cstr(name).cstr(role_refusal_sql().as_bytes()).i16(0);
+                w.finish();
+            }
+            _ => {
+                // FunctionCall names a function by OID (set_config has one):
+                // not inspectable, so not allowed.
+                let sql = crate::sql::raise_sql(
+                    "42501",
+                    "FunctionCall messages are not allowed in a session locked to its token's role",
+                );
+                let mut w = Writer::new(&mut out, b'Q');
+                w.cstr(sql.as_bytes());
+                w.finish();
+            }
+        }
+        log::info!(
+            "shard {}: refused a statement that could change the role (user \"{}\")",
+            self.ctx.id,
+            self.session.user
+        );
+        self.c_in.splice(pos..pos + h.total_len(), out);
+        Ok(true)
     }
 
     /// Makes room for a message that must be read whole.

@@ -30,6 +30,9 @@ pub struct ServerLogin {
     pub database: String,
     pub user: String,
     pub password: Option<Secret>,
+    /// A role to take at login (the `role` startup parameter), for JWT
+    /// logins in `identity = "set_role"` mode.
+    pub role: Option<String>,
     /// SCRAM keys recovered from a client login, for a SCRAM-secret-only user.
     pub scram_keys: Option<auth::ScramCredential>,
     pub connect_timeout: Duration,
@@ -41,6 +44,7 @@ impl std::fmt::Debug for ServerLogin {
             .field("addr", &self.addr)
             .field("database", &self.database)
             .field("user", &self.user)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -155,7 +159,15 @@ impl ServerConn {
 
     async fn login(&mut self, login: &ServerLogin) -> Result<(), SessionError> {
         let mut out = Vec::new();
-        startup::encode_startup(&mut out, &[("user", &login.user), ("database", &login.database)]);
+        match &login.role {
+            Some(role) => startup::encode_startup(
+                &mut out,
+                &[("user", &login.user), ("database", &login.database), ("role", role)],
+            ),
+            None => {
+                startup::encode_startup(&mut out, &[("user", &login.user), ("database", &login.database)])
+            }
+        }
         self.send(out).await?;
         let mut scram: Option<auth::ScramClient> = None;
         loop {

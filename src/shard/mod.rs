@@ -147,7 +147,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Listener) {
         match accepted {
             Ok((rd, wr, peer)) => {
                 let ctx2 = ctx.clone();
-                let conn = ClientConn { rd, wr, buf: Vec::with_capacity(CLIENT_READ_BUF), peer };
+                let conn = ClientConn { rd, wr, buf: Vec::with_capacity(CLIENT_READ_BUF), peer, tls: false };
                 if ctx.clients.get() >= max_clients {
                     monoio::spawn(async move {
                         let mut conn = conn;

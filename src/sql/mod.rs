@@ -281,6 +281,49 @@ pub fn may_leave_session_state(text: &[u8]) -> bool {
     false
 }
 
+/// Whether `text` could change the session's effective role, for sessions
+/// locked to the role a token named: `SET/RESET ROLE`, `SET/RESET SESSION
+/// AUTHORIZATION`, `set_config()` (on any setting: its arguments may be
+/// computed), writes to `pg_settings`, `DO` blocks, `DISCARD ALL`,
+/// Unicode-escaped identifiers, and anything else that names `role` or
+/// `session_authorization` as a word. Words inside string literals and
+/// comments count too: it errs on the side of refusing, because a false
+/// negative hands the client the authenticator's privileges.
+pub fn may_change_role(text: &[u8]) -> bool {
+    let n = text.len();
+    let mut i = 0;
+    while i < n {
+        let c = text[i];
+        let starts_word = c.is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
+        if !starts_word {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && is_ident(text[i]) {
+            i += 1;
+        }
+        let word = &text[start..i];
+        if word_is(word, b"role")
+            || contains_ci(word, b"authorization")
+            || contains_ci(word, b"set_config")
+            || word_is(word, b"pg_settings")
+            || (word_is(word, b"u") && text.get(i) == Some(&b'&'))
+            || (word_is(word, b"do") && do_block_follows(&text[i..]))
+            || (word_is(word, b"discard") && word_follows(&text[i..], b"all"))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the next word after blanks and comments is `k`.
+fn word_follows(rest: &[u8], k: &[u8]) -> bool {
+    let mut lx = Lexer { s: rest, pos: 0, quoted_last: false };
+    lx.skip_blank() && starts_word_ci(&rest[lx.pos..], k)
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
 }
@@ -333,6 +376,46 @@ pub fn raise_sql(sqlstate: &str, message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn role_changes_are_caught() {
+        let refused = [
+            "SET ROLE postgres",
+            "set role none",
+            "SET LOCAL ROLE x",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION postgres",
+            "reset session authorization",
+            "SET \"role\" = 'x'",
+            "SET session_authorization = 'x'",
+            "SELECT set_config('role', 'x', false)",
+            "select pg_catalog.set_config($1, $2, false)",
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'role'",
+            "DO $$ BEGIN EXECUTE 'SET ROLE x'; END $$",
+            "do 'begin null; end'",
+            "DISCARD ALL",
+            "discard /* c */ all",
+            "SELECT 1; SET ROLE x",
+            "SET U&\"r\\006Fle\" = 'x'",
+            "ALTER DATABASE app SET role = 'x'",
+            "select 1 /* role */",
+        ];
+        for q in refused {
+            assert!(may_change_role(q.as_bytes()), "{q}");
+        }
+        let allowed = [
+            "SELECT rolname FROM pg_roles",
+            "SELECT current_user, session_user",
+            "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
+            "DISCARD PLANS",
+            "SET search_path = app",
+            "SELECT 'roles'",
+            "BEGIN; UPDATE accounts SET balance = 0; COMMIT",
+        ];
+        for q in allowed {
+            assert!(!may_change_role(q.as_bytes()), "{q}");
+        }
+    }
+
     use super::*;
 
     fn p(s: &str) -> Option<SqlPrepared> {

@@ -7,10 +7,12 @@
 //! ours (see `validate.rs`), so there is nothing to configure around.
 
 mod der;
+pub mod identity;
 pub mod keys;
 pub mod sign;
 pub mod validate;
 
+pub use identity::{Resolved, RoleError, RoleRules};
 pub use keys::{parse_jwks, Algorithm, KeyError, KeySet, VerifyingKey};
 pub use sign::SigningKey;
 pub use validate::{claim_at, peek_header, validate, JwtError, Policy, Verified, MAX_TOKEN_BYTES};

@@ -134,12 +134,16 @@ fn unknown_kid_asks_for_a_refresh() {
     let err = check(&token(Algorithm::EdDSA, None, json!({})), &keys, &Policy::default()).unwrap_err();
     assert_eq!(err, JwtError::NoKeyForAlgorithm(Algorithm::EdDSA));
     // A kid the set does not name still verifies against a key without kid
-    // (from a PEM file); a wrong signature then reads as an unknown key.
+    // (from a PEM file). A wrong signature is then a bad signature with PEM
+    // keys alone, and an unknown key when the set has named keys (a refresh
+    // may bring it).
     let keys = keyset(&[(Algorithm::ES256, None)]);
     check(&token(Algorithm::ES256, Some("idp-key"), json!({})), &keys, &Policy::default()).unwrap();
     let other = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
     let t = other.sign(Algorithm::ES256, Some("idp-key"), &claims(json!({}))).unwrap();
-    assert_eq!(check(&t, &keys, &Policy::default()).unwrap_err(), JwtError::UnknownKid("idp-key".into()));
+    assert_eq!(check(&t, &keys, &Policy::default()).unwrap_err(), JwtError::BadSignature);
+    let mixed = keyset(&[(Algorithm::ES256, None), (Algorithm::EdDSA, Some("named"))]);
+    assert_eq!(check(&t, &mixed, &Policy::default()).unwrap_err(), JwtError::UnknownKid("idp-key".into()));
 }
 
 #[test]

@@ -201,7 +201,12 @@ pub fn validate(token: &[u8], keys: &KeySet, policy: &Policy, now: u64) -> Resul
                 let mut anonymous =
                     keys.allowing(alg).filter(|k| k.kid().is_none()).take(MAX_KEYS_TRIED_WITHOUT_KID);
                 if !anonymous.any(|key| key.verify(alg, signed, &sig)) {
-                    return Err(JwtError::UnknownKid(kid.clone()));
+                    // Only a set with named keys (a JWKS) can be missing this kid;
+                    // against PEM keys alone it is simply a bad signature.
+                    if keys.iter().any(|k| k.kid().is_some()) {
+                        return Err(JwtError::UnknownKid(kid.clone()));
+                    }
+                    return Err(JwtError::BadSignature);
                 }
                 true
             }

@@ -29,11 +29,16 @@ fn uncommented_example() -> String {
     EXAMPLE
         .lines()
         .map(|line| match line.strip_prefix("# ") {
-            Some(rest) if is_setting(rest) => rest,
+            Some(rest) if is_setting(rest) || is_section(rest) => rest,
             _ => line,
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `[jwt]` and `[[jwt.roles]]`: optional sections shown commented out.
+fn is_section(line: &str) -> bool {
+    line.starts_with('[') && line.ends_with(']') && !line.contains(' ')
 }
 
 fn is_setting(line: &str) -> bool {

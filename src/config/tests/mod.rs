@@ -4,6 +4,7 @@
 
 mod errors;
 mod example;
+mod jwt;
 mod users;
 mod values;
 

@@ -1,0 +1,294 @@
+//! JWT logins end to end against a real Postgres: a token as the password,
+//! the role it names taken through the authenticator (`identity =
+//! "set_role"`), refusals with the reason, and no statement that escapes the
+//! role. Plain TCP with `require_tls = false` (TLS termination comes next).
+
+mod common;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{config, connect_with, sqlstate, unique_name, PgServer, Proxy, APP_DB, APP_PASSWORD, APP_USER};
+use pgwarden::auth::jwt::sign::generate_pkcs8;
+use pgwarden::auth::jwt::{Algorithm, SigningKey};
+use serde_json::{json, Map, Value};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const AUTH_PASSWORD: &str = "auth-secret";
+
+/// An authenticator role and JWT roles granted to it, a table the first role
+/// may use, a key pair, and a proxy configured for them.
+struct Setup {
+    pg: &'static PgServer,
+    proxy: Proxy,
+    key: SigningKey,
+    authenticator: String,
+    /// Granted to the authenticator and allowed.
+    role_a: String,
+    role_b: String,
+    /// Granted to the authenticator but outside allowed_roles.
+    other: String,
+    table: String,
+    _dir: tempfile::TempDir,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl Setup {
+    fn new(extra_jwt: &str) -> Setup {
+        let pg = PgServer::shared();
+        let prefix = unique_name("pgwjwt");
+        let authenticator = format!("{prefix}_auth");
+        let role_a = format!("{prefix}_a");
+        let role_b = format!("{prefix}_b");
+        let other = unique_name("pgwother");
+        let table = format!("{prefix}_t");
+        pg.exec(&format!(
+            "CREATE ROLE {authenticator} LOGIN NOINHERIT PASSWORD '{AUTH_PASSWORD}';
+             CREATE ROLE {role_a} NOLOGIN; CREATE ROLE {role_b} NOLOGIN; CREATE ROLE {other} NOLOGIN;
+             GRANT {role_a}, {role_b}, {other} TO {authenticator};
+             CREATE TABLE {table} (id int, who text);
+             REVOKE ALL ON {table} FROM PUBLIC;
+             GRANT SELECT, INSERT ON {table} TO {role_a};"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
+        let pem_path = dir.path().join("public.pem");
+        std::fs::write(&pem_path, key.public_pem()).unwrap();
+        let cfg = config(
+            pg,
+            &format!(
+                "workers = 1\n[jwt]\npublic_key_file = {:?}\nrequire_tls = false\nserver_user = \"{authenticator}\"\n\
+                 server_password = \"{AUTH_PASSWORD}\"\nauto_provision = true\nallowed_roles = [\"{prefix}_*\"]\n\
+                 audience = \"pgwarden\"\n{extra_jwt}\n",
+                path_str(&pem_path)
+            ),
+        );
+        let proxy = Proxy::start(&cfg);
+        Setup { pg, proxy, key, authenticator, role_a, role_b, other, table, _dir: dir }
+    }
+
+    fn token(&self, sub: &str, extra: Value) -> String {
+        let mut claims: Map<String, Value> =
+            json!({"sub": sub, "aud": "pgwarden", "iat": now(), "exp": now() + 300})
+                .as_object()
+                .unwrap()
+                .clone();
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                claims.remove(k);
+            } else {
+                claims.insert(k.clone(), v.clone());
+            }
+        }
+        self.key.sign(Algorithm::ES256, Some("test-key"), &claims).unwrap()
+    }
+
+    async fn connect(&self, user: &str, token: &str) -> Result<Client, tokio_postgres::Error> {
+        connect_with(&self.proxy.tokio_config(user, token, APP_DB)).await.map(|(c, _)| c)
+    }
+
+    async fn login(&self, role: &str) -> Client {
+        self.connect(role, &self.token(role, json!({})))
+            .await
+            .unwrap_or_else(|e| panic!("JWT login as {role} failed: {e:?}\n{}", self.proxy.logs()))
+    }
+
+    /// Connects, expecting a refusal; returns (SQLSTATE, message).
+    async fn refused(&self, user: &str, token: &str) -> (String, String) {
+        match self.connect(user, token).await {
+            Ok(_) => panic!("login as {user} succeeded; expected a refusal"),
+            Err(e) => {
+                let db = e.as_db_error().unwrap_or_else(|| panic!("no server error: {e:?}"));
+                (db.code().code().to_string(), db.message().to_string())
+            }
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.proxy.stop();
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+async fn one(client: &Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("`{sql}`: {e:?}"));
+    rows.into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("`{sql}` returned no row"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_logs_in_as_its_role_and_data_round_trips() {
+    let s = Setup::new("");
+    let c = s.login(&s.role_a).await;
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    assert_eq!(one(&c, "SELECT session_user").await, s.authenticator);
+    c.simple_query(&format!("BEGIN; INSERT INTO {} VALUES (1, current_user); COMMIT", s.table))
+        .await
+        .unwrap();
+    c.simple_query(&format!("BEGIN; INSERT INTO {} VALUES (2, 'rolled back'); ROLLBACK", s.table))
+        .await
+        .unwrap();
+    // Checked by a direct connection.
+    let direct = s.pg.psql_direct(&format!("SELECT string_agg(id || ':' || who, ',') FROM {}", s.table));
+    assert_eq!(direct.trim(), format!("1:{}", s.role_a));
+    // Extended protocol too.
+    let row =
+        c.query_one(&format!("SELECT count(*) FROM {} WHERE id = $1", s.table), &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+    // A second identity at the same time stays independent.
+    let b = s.login(&s.role_b).await;
+    assert_eq!(one(&b, "SELECT current_user").await, s.role_b);
+    let err = b.simple_query(&format!("SELECT * FROM {}", s.table)).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    // The same identity reconnects with a fresh token.
+    drop(c);
+    let again =
+        s.connect(&s.role_a, &s.token(&s.role_a, json!({"iat": now() + 0, "jti": "2"}))).await.unwrap();
+    assert_eq!(one(&again, "SELECT current_user").await, s.role_a);
+    let logs = s.proxy.logs();
+    assert!(logs.contains("provisioned a pool for JWT role"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_the_reason() {
+    let s = Setup::new("");
+    let a = s.role_a.clone();
+    let good = s.token(&a, json!({}));
+    let expired = s.token(&a, json!({"exp": now() - 10}));
+    let early = s.token(&a, json!({"nbf": now() + 600}));
+    let wrong_aud = s.token(&a, json!({"aud": "other"}));
+    let no_aud = s.token(&a, json!({"aud": null}));
+    let other_key = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
+    let forged = other_key.sign(Algorithm::ES256, None, good_claims(&a).as_object().unwrap()).unwrap();
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let tampered_payload =
+        base64_url(&serde_json::to_vec(&json!({"sub": "postgres", "exp": now() + 60})).unwrap());
+    parts[1] = &tampered_payload;
+    let tampered = parts.join(".");
+    let none = format!(
+        "{}.{}.",
+        base64_url(br#"{"alg":"none"}"#),
+        base64_url(&serde_json::to_vec(&good_claims(&a)).unwrap())
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("expired", expired, "token expired"),
+        ("not yet valid", early, "not yet valid"),
+        ("wrong audience", wrong_aud, "audience mismatch"),
+        ("no audience", no_aud, "token has no aud"),
+        ("other key", forged, "signature verification failed"),
+        ("tampered", tampered, "signature verification failed"),
+        ("alg none", none, "algorithm \"none\" is not allowed"),
+        ("not a JWT", "hunter2".into(), "malformed token"),
+        ("oversized", "a".repeat(70_000), "password message longer than"),
+    ];
+    for (what, token, reason) in cases {
+        let (code, message) = s.refused(&a, &token).await;
+        assert!(code == "28P01" || code == "28000" || code == "08P01", "{what}: {code} {message}");
+        assert!(message.contains(reason), "{what}: {message:?} lacks {reason:?}");
+        if token.len() > 10 {
+            assert!(!message.contains(&token), "{what}: the message echoes the token");
+        }
+    }
+    let logs = s.proxy.logs();
+    assert!(!logs.contains(&good[..40]), "a token reached the log");
+    assert!(logs.contains("refused (kid \"test-key\""), "refusals are logged with the kid: {logs}");
+}
+
+fn good_claims(sub: &str) -> Value {
+    json!({"sub": sub, "aud": "pgwarden", "exp": now() + 300})
+}
+
+fn base64_url(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_that_must_not_log_in() {
+    let s = Setup::new("");
+    // The token is for b, the startup user is a.
+    let (code, msg) = s.refused(&s.role_a, &s.token(&s.role_b, json!({}))).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("not for"), "{msg}");
+    // A role granted to the authenticator but outside allowed_roles.
+    let (code, msg) = s.refused(&s.other, &s.token(&s.other, json!({}))).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("not in allowed_roles"), "{msg}");
+    // The authenticator itself, and postgres.
+    let (_, msg) = s.refused(&s.authenticator, &s.token(&s.authenticator, json!({}))).await;
+    assert!(msg.contains("not allowed"), "{msg}");
+    let (_, msg) = s.refused("postgres", &s.token("postgres", json!({}))).await;
+    assert!(msg.contains("not allowed"), "{msg}");
+    // A token whose sub names a static user does not get that user's
+    // credentials: the static user logs in with its password only.
+    let err = s.connect(APP_USER, &s.token(APP_USER, json!({}))).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err:?}");
+    s.connect(APP_USER, APP_PASSWORD).await.expect("the static user still logs in with its password");
+    // An allowed role that does not exist fails closed, at the server.
+    let ghost = format!("{}_ghost", s.role_a);
+    let err = s.connect(&ghost, &s.token(&ghost, json!({}))).await.unwrap_err();
+    let msg = format!("{err:?}");
+    assert!(msg.contains("does not exist") || msg.contains("permission denied"), "{msg}");
+    // Nothing ran as the authenticator meanwhile: the good login still works.
+    let c = s.login(&s.role_a).await;
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_escapes_are_refused() {
+    let s = Setup::new("");
+    let c = s.login(&s.role_a).await;
+    let auth = &s.authenticator;
+    let other = &s.other;
+    let escapes = [
+        format!("SET ROLE {other}"),
+        "SET ROLE NONE".to_string(),
+        "RESET ROLE".to_string(),
+        format!("SET SESSION AUTHORIZATION {auth}"),
+        "RESET SESSION AUTHORIZATION".to_string(),
+        format!("SELECT set_config('role', '{other}', false)"),
+        format!("DO $$ BEGIN EXECUTE 'SET ROLE {other}'; END $$"),
+        "DISCARD ALL".to_string(),
+        format!("SELECT 1; SET ROLE {other}"),
+        format!("SET LOCAL ROLE {other}"),
+        format!("UPDATE pg_settings SET setting = '{other}' WHERE name = 'role'"),
+    ];
+    for sql in &escapes {
+        let err = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{sql}: {err:?}");
+        assert_eq!(one(&c, "SELECT current_user").await, s.role_a, "after {sql}");
+        // Extended protocol: the statement prepares, and executing it raises.
+        let res = c.query(sql.as_str(), &[]).await;
+        let err = res.expect_err(sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "extended {sql}: {err:?}");
+        assert_eq!(one(&c, "SELECT current_user").await, s.role_a, "after extended {sql}");
+    }
+    // Inside a transaction the refusal fails the transaction, as Postgres would.
+    c.simple_query("BEGIN").await.unwrap();
+    assert!(c.simple_query("SET ROLE NONE").await.is_err());
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"));
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    assert_eq!(one(&c, "SELECT session_user").await, *auth);
+    // psql, for real.
+    let out = s.proxy.psql_cmd(&s.role_a, &s.token(&s.role_a, json!({})), APP_DB);
+    let mut cmd = out;
+    cmd.args(["-At", "-c", "SET ROLE NONE", "-c", "SELECT current_user"]);
+    let res = common::run(cmd, None, common::PSQL_TIMEOUT);
+    assert!(res.stderr.contains("locked to the role its token names"), "{res}");
+    assert!(res.stdout.trim() == s.role_a, "{res}");
+}
