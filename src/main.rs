@@ -124,9 +124,16 @@ fn main() -> ExitCode {
         }
         Ok(Command::Check(path)) => match pgwarden::config::load(&path) {
             Ok(config) => {
-                // Key files are part of the configuration: load them too.
+                // Key and certificate files are part of the configuration:
+                // load them too.
                 if let Some(jwt) = &config.jwt {
                     if let Err(e) = pgwarden::session::jwt::JwtRuntime::new(&config, jwt) {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                if let Some(tls) = &config.tls {
+                    if let Err(e) = pgwarden::net::tls::server_config(&tls.cert_file, &tls.key_file) {
                         eprintln!("{e}");
                         return ExitCode::FAILURE;
                     }

@@ -42,8 +42,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use jwt::reserved_role;
 pub use model::{
-    auto_workers, AuthMethod, Config, Database, General, Identity, Jwt, JwtRole, LogLevel, PoolMode, User,
-    MAX_WORKERS,
+    auto_workers, AuthMethod, ClientTls, Config, Database, General, Identity, Jwt, JwtRole, LogLevel,
+    PoolMode, Tls, User, MAX_WORKERS,
 };
 pub use password::PasswordKind;
 
@@ -108,13 +108,25 @@ fn build(ctx: &mut Ctx<'_>, raw: &toml::Table) -> Config {
     let general = general::read(ctx, general_table);
     let databases = database::read_all(ctx, &mut root);
     let users = user::read_all(ctx, &mut root, &general);
+    let tls = root.table(ctx, "tls").map(|t| read_tls(ctx, t));
     let jwt = root.table(ctx, "jwt").map(|t| jwt::read(ctx, t));
     root.finish_top_level(ctx);
-    validate::check(ctx, &databases, &users, jwt.as_ref());
+    validate::check(ctx, &databases, &users, jwt.as_ref(), tls.as_ref());
     Config {
         general,
         databases: databases.into_iter().map(|e| e.value).collect(),
         users: users.into_iter().map(|e| e.value).collect(),
         jwt,
+        tls,
     }
+}
+
+/// `[tls]`: both files are required; `client_tls` defaults to `"allowed"`.
+fn read_tls(ctx: &mut Ctx<'_>, table: &toml::Table) -> Tls {
+    let mut r = Reader::new(table, "tls");
+    let cert_file = r.required(ctx, "cert_file", |r, ctx, key| r.string(ctx, key)).unwrap_or_default();
+    let key_file = r.required(ctx, "key_file", |r, ctx, key| r.string(ctx, key)).unwrap_or_default();
+    let client_tls = r.choice(ctx, "client_tls").unwrap_or(ClientTls::Allowed);
+    r.finish(ctx);
+    Tls { cert_file: cert_file.into(), key_file: key_file.into(), client_tls }
 }

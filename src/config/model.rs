@@ -20,6 +20,29 @@ pub struct Config {
     pub users: Vec<User>,
     /// `[jwt]`: token logins; `None` when the section is absent.
     pub jwt: Option<Jwt>,
+    /// `[tls]`: TLS for clients; `None` when the section is absent.
+    pub tls: Option<Tls>,
+}
+
+/// `[tls]`: TLS termination for client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
+    pub client_tls: ClientTls,
+}
+
+/// Whether clients may, or must, use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientTls {
+    /// SSLRequest is answered `N`.
+    Disabled,
+    /// Clients choose.
+    Allowed,
+    /// A client that does not start TLS is refused (CancelRequest aside).
+    Required,
 }
 
 impl Config {
@@ -286,6 +309,11 @@ impl Choice for AuthMethod {
     ];
 }
 
+impl Choice for ClientTls {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("disabled", Self::Disabled), ("allowed", Self::Allowed), ("required", Self::Required)];
+}
+
 impl Choice for Identity {
     const CHOICES: &'static [(&'static str, Self)] = &[("set_role", Self::SetRole), ("login", Self::Login)];
 }
@@ -322,4 +350,4 @@ macro_rules! config_spelling {
     )*};
 }
 
-config_spelling!(PoolMode, AuthMethod, LogLevel, Identity);
+config_spelling!(PoolMode, AuthMethod, LogLevel, Identity, ClientTls);

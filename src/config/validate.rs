@@ -2,7 +2,7 @@
 //! what must exist, and what must be unique. Rules about a single entry live
 //! with its reader (`database.rs`, `user.rs`).
 
-use super::model::{Database, Jwt, User};
+use super::model::{ClientTls, Database, Jwt, Tls, User};
 use super::walk::Ctx;
 use super::Entry;
 
@@ -11,6 +11,7 @@ pub(super) fn check(
     databases: &[Entry<Database>],
     users: &[Entry<User>],
     jwt: Option<&Jwt>,
+    tls: Option<&Tls>,
 ) {
     require_some(ctx, "databases", databases.len());
     // Without [jwt], every login is a configured user: no users admits no one.
@@ -21,12 +22,13 @@ pub(super) fn check(
     check_unique(ctx, users, "user", |u| &u.name);
     if let Some(jwt) = jwt {
         check_jwt_roles(ctx, jwt, users);
-        if jwt.require_tls {
+        let tls_on = tls.is_some_and(|t| t.client_tls != ClientTls::Disabled);
+        if jwt.require_tls && !tls_on && !ctx.has_error_at("tls") {
             ctx.error(
                 "jwt.require_tls",
-                "JWT logins must arrive over TLS, and pgwarden cannot terminate TLS yet; set \
-                 require_tls = false only where the network between clients and pgwarden is trusted \
-                 (tokens then travel in clear text)",
+                "JWT logins must arrive over TLS, but TLS for clients is not configured: add a [tls] \
+                 section with cert_file and key_file, or set require_tls = false only where the network \
+                 between clients and pgwarden is trusted (tokens then travel in clear text)",
             );
         }
     }

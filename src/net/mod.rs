@@ -4,6 +4,7 @@
 //! hands both back, so a pending operation can stay armed across loop
 //! iterations without borrowing the session.
 
+pub mod tls;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

@@ -139,6 +139,8 @@ pub struct Shared {
     pub databases: HashMap<String, DbTarget>,
     /// JWT keys and rules, when `[jwt]` is configured.
     pub jwt: Option<crate::session::jwt::JwtRuntime>,
+    /// TLS for clients, unless `[tls]` is absent or `client_tls = "disabled"`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Server addresses, indexed by `ServerLogin::target`.
     pub targets: Vec<SocketAddr>,
     pub cancel: CancelRegistry,
@@ -200,6 +202,12 @@ impl Shared {
             Some(j) => Some(crate::session::jwt::JwtRuntime::new(&config, j)?),
             None => None,
         };
+        let tls = match &config.tls {
+            Some(t) if t.client_tls != crate::config::ClientTls::Disabled => {
+                Some(crate::net::tls::server_config(&t.cert_file, &t.key_file)?)
+            }
+            _ => None,
+        };
         let mut scram_for_plain = HashMap::new();
         for user in &config.users {
             if let Some(Secret::Plain(p)) = user.password.as_deref().map(Secret::parse) {
@@ -213,6 +221,7 @@ impl Shared {
             pools,
             databases,
             jwt,
+            tls,
             targets,
             cancel: CancelRegistry::new(shards),
             shutdown: AtomicBool::new(false),

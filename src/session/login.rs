@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{self, ScramCredential, ScramSecret, Secret};
-use crate::config::{AuthMethod, Identity};
+use crate::config::{AuthMethod, ClientTls, Identity};
+use crate::net::tls::TlsSession;
 use crate::net::{self, ReadHalf, WriteHalf};
 use crate::protocol::backend;
 use crate::protocol::frame::{self, Writer};
@@ -51,8 +52,10 @@ pub struct ClientConn {
     pub wr: WriteHalf,
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
-    /// Whether the connection is encrypted.
-    pub tls: bool,
+    /// TLS state once the client started TLS.
+    pub tls: Option<Box<TlsSession>>,
+    /// Ciphertext read and not yet decrypted (TLS only).
+    pub cipher: Vec<u8>,
 }
 
 /// A logged-in client, ready for the relay.
@@ -76,18 +79,77 @@ pub enum Opening {
 }
 
 impl ClientConn {
-    /// Reads more bytes; end of stream is [`SessionError::ClientGone`].
+    pub fn new(rd: ReadHalf, wr: WriteHalf, peer: SocketAddr) -> ClientConn {
+        ClientConn { rd, wr, buf: Vec::with_capacity(CLIENT_READ_BUF), peer, tls: None, cipher: Vec::new() }
+    }
+
+    /// Reads more bytes (plaintext: decrypted when TLS is on); end of
+    /// stream is [`SessionError::ClientGone`].
     async fn fill(&mut self) -> Result<(), SessionError> {
-        let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = net::read_append(&mut self.rd, buf).await;
-        self.buf = buf;
-        match res {
-            Ok(0) | Err(_) => Err(SessionError::ClientGone),
-            Ok(_) => Ok(()),
+        if self.tls.is_none() {
+            let buf = std::mem::take(&mut self.buf);
+            let (res, buf) = net::read_append(&mut self.rd, buf).await;
+            self.buf = buf;
+            return match res {
+                Ok(0) | Err(_) => Err(SessionError::ClientGone),
+                Ok(_) => Ok(()),
+            };
+        }
+        let before = self.buf.len();
+        while self.buf.len() == before {
+            self.read_tls().await?;
+        }
+        Ok(())
+    }
+
+    /// One read of ciphertext, decrypted into `buf`; answers whatever TLS
+    /// has to say (handshake flights, alerts).
+    async fn read_tls(&mut self) -> Result<(), SessionError> {
+        let mut cipher = std::mem::take(&mut self.cipher);
+        if cipher.capacity() < CLIENT_READ_BUF {
+            cipher.reserve(CLIENT_READ_BUF);
+        }
+        let (res, mut cipher) = net::read_append(&mut self.rd, cipher).await;
+        if !matches!(res, Ok(n) if n > 0) {
+            return Err(SessionError::ClientGone);
+        }
+        let tls = self.tls.as_mut().expect("TLS on");
+        let decrypted = tls.decrypt(&mut cipher, &mut self.buf);
+        self.cipher = cipher;
+        let mut out = Vec::new();
+        tls.encrypt(&mut Vec::new(), &mut out);
+        if !out.is_empty() {
+            let (res, _) = net::write_all(&mut self.wr, out).await;
+            res.map_err(|_| SessionError::ClientGone)?;
+        }
+        match decrypted {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(SessionError::ClientGone),
+            Err(e) => {
+                log::info!("client {}: TLS error: {}", self.peer, e.0);
+                Err(SessionError::ClientGone)
+            }
         }
     }
 
-    pub async fn send(&mut self, out: Vec<u8>) -> Result<(), SessionError> {
+    /// Answers SSLRequest with `S` and runs the TLS handshake.
+    async fn start_tls(&mut self, config: &Arc<rustls::ServerConfig>) -> Result<(), SessionError> {
+        let session =
+            TlsSession::new(config).map_err(|e| SessionError::Refused { sqlstate: "08P01", message: e.0 })?;
+        self.send(vec![b'S']).await?;
+        self.tls = Some(Box::new(session));
+        while self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            self.read_tls().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn send(&mut self, mut out: Vec<u8>) -> Result<(), SessionError> {
+        if let Some(tls) = self.tls.as_mut() {
+            let mut cipher = Vec::with_capacity(out.len() + 64);
+            tls.encrypt(&mut out, &mut cipher);
+            out = cipher;
+        }
         let (res, _) = net::write_all(&mut self.wr, out).await;
         res.map_err(|_| SessionError::ClientGone)
     }
@@ -142,15 +204,37 @@ async fn open_inner(ctx: &Rc<ShardCtx>, conn: &mut ClientConn) -> Result<Opening
         };
         conn.buf.drain(..packet.1);
         match packet.0 {
+            OwnedPacket::Ssl if conn.tls.is_none() && ctx.shared.tls.is_some() => {
+                // Bytes sent after SSLRequest but before our answer would be
+                // taken as if they had come over TLS (CVE-2021-23222).
+                if !conn.buf.is_empty() {
+                    return Err(SessionError::Refused {
+                        sqlstate: "08P01",
+                        message: "received unencrypted data after SSL request".into(),
+                    });
+                }
+                let config = ctx.shared.tls.clone().expect("checked");
+                conn.start_tls(&config).await?;
+            }
             OwnedPacket::Ssl | OwnedPacket::GssEnc => {
-                // No TLS or GSS encryption configured: the client may go on in plain text.
+                // No TLS (or GSS encryption): the client may go on in plain text.
                 conn.send(vec![b'N']).await?;
             }
             OwnedPacket::Cancel { pid, key } => {
                 forward_cancel(ctx, pid, key).await;
                 return Ok(Opening::Cancelled);
             }
-            OwnedPacket::Startup { minor, params } => return login(ctx, conn, minor, params).await,
+            OwnedPacket::Startup { minor, params } => {
+                let required =
+                    ctx.shared.config.tls.as_ref().is_some_and(|t| t.client_tls == ClientTls::Required);
+                if required && conn.tls.is_none() {
+                    return Err(SessionError::Refused {
+                        sqlstate: "28000",
+                        message: "pgwarden requires TLS: connect with sslmode=require (or stronger)".into(),
+                    });
+                }
+                return login(ctx, conn, minor, params).await;
+            }
         }
     }
 }
@@ -375,7 +459,7 @@ async fn authenticate_jwt(
 ) -> Result<(Vec<u8>, String), SessionError> {
     let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
     let rt = ctx.shared.jwt.as_ref().expect("JWT runtime built with [jwt]");
-    if jwt.require_tls && !conn.tls {
+    if jwt.require_tls && conn.tls.is_none() {
         log::info!("shard {}: JWT login for user \"{user}\" from {} refused: no TLS", ctx.id, conn.peer);
         return Err(SessionError::Refused {
             sqlstate: "28000",

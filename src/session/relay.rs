@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use crate::config::PoolMode;
+use crate::net::tls::TlsSession;
 use crate::net::{self, ReadHalf, WriteHalf};
 use crate::protocol::backend;
 use crate::protocol::frame::{self, Reader, Writer, HEADER_LEN};
@@ -111,6 +112,11 @@ pub struct Relay {
     /// After a request was refused: client messages are dropped up to and
     /// including the next Sync, which is answered with ReadyForQuery.
     discarding: bool,
+    /// The client's TLS state, when it uses TLS: reads carry ciphertext into
+    /// `c_cipher` and are decrypted into `c_in`; `c_out` is encrypted on its
+    /// way out.
+    tls: Option<Box<TlsSession>>,
+    c_cipher: Vec<u8>,
 }
 
 /// What processing client input needs before it can go on.
@@ -124,7 +130,14 @@ enum Need {
 }
 
 impl Relay {
-    pub fn new(ctx: Rc<ShardCtx>, session: Session, server: Option<Box<ServerConn>>, c_in: Vec<u8>) -> Relay {
+    pub fn new(
+        ctx: Rc<ShardCtx>,
+        session: Session,
+        server: Option<Box<ServerConn>>,
+        c_in: Vec<u8>,
+        tls: Option<Box<TlsSession>>,
+        c_cipher: Vec<u8>,
+    ) -> Relay {
         let g = &ctx.shared.config.general;
         let mode = ctx.def(session.pool).mode;
         let max_msg = g.max_message_size;
@@ -153,6 +166,8 @@ impl Relay {
             terminated: false,
             discarding: false,
             c_skip_discard: 0,
+            tls,
+            c_cipher,
         };
         if let Some(s) = server {
             r.bind(*s);
@@ -168,8 +183,13 @@ impl Relay {
     }
 
     /// Runs until the client leaves or an error ends the session. Returns
-    /// the client's halves so the caller can send a final error.
-    pub async fn run(mut self, client_rd: ReadHalf, client_wr: WriteHalf) -> (End, Option<WriteHalf>) {
+    /// the client's write half (and TLS state) so the caller can send a
+    /// final error.
+    pub async fn run(
+        mut self,
+        client_rd: ReadHalf,
+        client_wr: WriteHalf,
+    ) -> (End, Option<WriteHalf>, Option<Box<TlsSession>>) {
         let mut c_read = pin!(net::arm_read(None));
         let mut c_write = pin!(net::arm_write(None));
         let mut s_read = pin!(net::arm_read_cancelable(None));
@@ -184,13 +204,21 @@ impl Relay {
         // Bytes that arrived with the startup packet.
         if let Err(end) = self.process_client().await {
             self.abandon_server();
-            return (end, c_wr);
+            return (end, c_wr, self.tls.take());
         }
         let end = loop {
             // Start writes that have bytes waiting.
-            if !self.c_out.is_empty() {
+            if !self.c_out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write()) {
                 if let Some(wr) = c_wr.take() {
-                    let buf = std::mem::replace(&mut self.c_out, std::mem::take(&mut self.c_spare));
+                    let buf = match self.tls.as_mut() {
+                        Some(tls) => {
+                            let mut cipher = std::mem::take(&mut self.c_spare);
+                            cipher.clear();
+                            tls.encrypt(&mut self.c_out, &mut cipher);
+                            cipher
+                        }
+                        None => std::mem::replace(&mut self.c_out, std::mem::take(&mut self.c_spare)),
+                    };
                     c_write.set(net::arm_write(Some((wr, buf))));
                 }
             }
@@ -207,7 +235,15 @@ impl Relay {
                 && self.c_out.len() < PENDING_LIMIT
             {
                 if let Some(rd) = c_rd.take() {
-                    let buf = std::mem::take(&mut self.c_in);
+                    let buf = if self.tls.is_some() {
+                        let mut cipher = std::mem::take(&mut self.c_cipher);
+                        if cipher.capacity() < login::CLIENT_READ_BUF {
+                            cipher.reserve(login::CLIENT_READ_BUF);
+                        }
+                        cipher
+                    } else {
+                        std::mem::take(&mut self.c_in)
+                    };
                     c_read.set(net::arm_read(Some((rd, buf))));
                 }
             }
@@ -245,10 +281,32 @@ impl Relay {
                 Event::ClientRead((rd, res, buf)) => {
                     c_read.set(net::arm_read(None));
                     c_rd = Some(rd);
-                    self.c_in = buf;
-                    match res {
-                        Ok(0) | Err(_) => Err(End::ClientLeft),
-                        Ok(_) => self.process_client().await,
+                    match (res, self.tls.as_mut()) {
+                        (Ok(0) | Err(_), _) => {
+                            if self.tls.is_some() {
+                                self.c_cipher = buf;
+                            } else {
+                                self.c_in = buf;
+                            }
+                            Err(End::ClientLeft)
+                        }
+                        (Ok(_), Some(tls)) => {
+                            let mut cipher = buf;
+                            let res = tls.decrypt(&mut cipher, &mut self.c_in);
+                            self.c_cipher = cipher;
+                            match res {
+                                Ok(false) => self.process_client().await,
+                                Ok(true) => Err(End::ClientLeft),
+                                Err(e) => {
+                                    log::info!("shard {}: client TLS error: {}", self.ctx.id, e.0);
+                                    Err(End::ClientLeft)
+                                }
+                            }
+                        }
+                        (Ok(_), None) => {
+                            self.c_in = buf;
+                            self.process_client().await
+                        }
                     }
                 }
                 Event::ServerRead((rd, res, buf)) => {
@@ -333,7 +391,7 @@ impl Relay {
                 c_wr = Some(wr);
             }
         }
-        (end, c_wr)
+        (end, c_wr, self.tls.take())
     }
 
     /// Processes buffered client input as far as it goes, checking out a

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, RuntimeBuilder};
 
+use crate::net::tls::TlsSession;
 use crate::net::{self, Listener};
 use crate::session::ctx::{ShardCtx, Shared};
-use crate::session::login::{self, ClientConn, Opening, CLIENT_READ_BUF};
+use crate::session::login::{self, ClientConn, Opening};
 use crate::session::relay::{End, Relay};
 
 /// io_uring submission queue entries per shard.
@@ -147,7 +148,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Listener) {
         match accepted {
             Ok((rd, wr, peer)) => {
                 let ctx2 = ctx.clone();
-                let conn = ClientConn { rd, wr, buf: Vec::with_capacity(CLIENT_READ_BUF), peer, tls: false };
+                let conn = ClientConn::new(rd, wr, peer);
                 if ctx.clients.get() >= max_clients {
                     monoio::spawn(async move {
                         let mut conn = conn;
@@ -200,18 +201,24 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
                 session.database
             );
             let (user, db, pid) = (session.user.clone(), session.database.clone(), session.pid);
-            let ClientConn { rd, wr, buf, .. } = conn;
-            let relay = Relay::new(ctx.clone(), session, server, buf);
-            let (end, wr) = relay.run(rd, wr).await;
+            let ClientConn { rd, wr, buf, tls, cipher, .. } = conn;
+            let relay = Relay::new(ctx.clone(), session, server, buf, tls, cipher);
+            let (end, wr, mut tls) = relay.run(rd, wr).await;
             ctx.shared.cancel.unregister(pid);
             match end {
                 End::ClientLeft => {}
                 End::Shutdown => {
-                    send_fatal(wr, "57P01", "terminating connection: pgwarden is shutting down").await
+                    send_fatal(
+                        wr,
+                        tls.as_deref_mut(),
+                        "57P01",
+                        "terminating connection: pgwarden is shutting down",
+                    )
+                    .await
                 }
                 End::Error(e) => {
                     log::warn!("shard {}: client {peer} (user \"{user}\"): {e}", ctx.id);
-                    send_fatal(wr, e.sqlstate(), &e.client_message()).await;
+                    send_fatal(wr, tls.as_deref_mut(), e.sqlstate(), &e.client_message()).await;
                 }
             }
             log::info!(
@@ -230,10 +237,17 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
     ctx.clients.set(ctx.clients.get() - 1);
 }
 
-async fn send_fatal(wr: Option<net::WriteHalf>, sqlstate: &str, msg: &str) {
+async fn send_fatal(wr: Option<net::WriteHalf>, tls: Option<&mut TlsSession>, sqlstate: &str, msg: &str) {
     if let Some(mut wr) = wr {
         let mut out = Vec::new();
         crate::protocol::backend::error_response(&mut out, "FATAL", sqlstate, msg);
+        if let Some(tls) = tls {
+            let mut cipher = Vec::new();
+            tls.encrypt(&mut out, &mut cipher);
+            tls.close();
+            tls.encrypt(&mut Vec::new(), &mut cipher);
+            out = cipher;
+        }
         let _ = net::write_all(&mut wr, out).await;
     }
 }

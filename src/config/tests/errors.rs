@@ -144,7 +144,15 @@ fn unknown_keys_and_sections() {
         errors(&with_user("password = \"p\"\nauth_method = \"md5\"")),
         [r#"users[0].auth_method: unknown key; did you mean "auth"?"#]
     );
-    assert_eq!(errors(&format!("{MINIMAL}\n[tls]\ncert = \"x\"\n")), ["tls: unknown section"]);
+    assert_eq!(
+        errors(&format!("{MINIMAL}\n[tls]\ncert = \"x\"\n")),
+        [
+            "tls.cert_file: required key is missing",
+            "tls.key_file: required key is missing",
+            r#"tls.cert: unknown key; did you mean "cert_file"?"#
+        ]
+    );
+    assert_eq!(errors(&format!("{MINIMAL}\n[admin]\nport = 1\n")), ["admin: unknown section"]);
     assert_eq!(
         errors(&format!("{MINIMAL}\n[genral]\nworkers = 1\n")),
         [r#"genral: unknown section; did you mean "general"?"#]

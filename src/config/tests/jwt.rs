@@ -77,3 +77,17 @@ fn without_jwt_users_are_still_required() {
     let errs = errors(DB);
     assert!(errs.iter().any(|e| e.starts_with("users:")), "{errs:#?}");
 }
+
+#[test]
+fn require_tls_is_met_by_tls_for_clients() {
+    let base = "public_key_file = \"k.pem\"\nserver_user = \"authenticator\"\nauto_provision = true";
+    let with_tls = |client_tls: &str| {
+        format!("{DB}\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{client_tls}\n[jwt]\n{base}\n")
+    };
+    let config = parse_ok(&with_tls(""));
+    assert_eq!(config.tls.as_ref().unwrap().client_tls, ClientTls::Allowed);
+    assert!(config.jwt.unwrap().require_tls);
+    parse_ok(&with_tls("client_tls = \"required\""));
+    let errs = errors(&with_tls("client_tls = \"disabled\""));
+    assert!(errs.iter().any(|e| e.starts_with("jwt.require_tls")), "{errs:#?}");
+}
