@@ -127,7 +127,9 @@ fn main() -> ExitCode {
                 // Key and certificate files are part of the configuration:
                 // load them too.
                 if let Some(jwt) = &config.jwt {
-                    if let Err(e) = pgwarden::session::jwt::JwtRuntime::new(&config, jwt) {
+                    let loaded = pgwarden::session::jwt::JwtRuntime::new(&config, jwt)
+                        .and_then(|_| pgwarden::control::jwks::check(jwt));
+                    if let Err(e) = loaded {
                         eprintln!("{e}");
                         return ExitCode::FAILURE;
                     }
@@ -187,6 +189,12 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     pgwarden::logging::init(config.general.log_level.as_str());
     let shards = config.general.workers;
+    if let Some(jwt) = &config.jwt {
+        if let Err(e) = pgwarden::control::jwks::check(jwt) {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let shared = match pgwarden::session::ctx::Shared::new(config.clone(), shards) {
         Ok(s) => Arc::new(s),
         Err(e) => {

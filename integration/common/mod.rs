@@ -18,6 +18,8 @@
 //!   command line or in a failure message.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};

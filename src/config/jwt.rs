@@ -25,6 +25,13 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
     let mut r = Reader::new(table, "jwt");
     let public_key_files = r.strings(ctx, "public_key_file").unwrap_or_default();
     let jwks_file = r.string(ctx, "jwks_file");
+    let jwks_allow_http = r.boolean(ctx, "jwks_allow_http").unwrap_or(false);
+    let jwks_url = jwks_url(ctx, &mut r, jwks_allow_http);
+    let jwks_ca_file = r.string(ctx, "jwks_ca_file");
+    let jwks_cache_ttl_secs = r.uint(ctx, "jwks_cache_ttl", 10..=86_400).unwrap_or(DEFAULT_JWKS_TTL_SECS);
+    let jwks_refresh_cooldown_secs = r.uint(ctx, "jwks_refresh_cooldown_secs", 1..=3_600).unwrap_or(30);
+    let jwks_max_stale_secs =
+        r.uint(ctx, "jwks_max_stale_secs", 60..=30 * 86_400).unwrap_or(DEFAULT_JWKS_MAX_STALE_SECS);
     let algorithms = algorithms(ctx, &mut r);
     let issuers = non_empty_list(ctx, &mut r, "issuer");
     let audiences = non_empty_list(ctx, &mut r, "audience");
@@ -52,9 +59,9 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
     let require_tls = r.boolean(ctx, "require_tls").unwrap_or(true);
     let roles = roles(ctx, &mut r);
 
-    if public_key_files.is_empty() && jwks_file.is_none() && !ctx.has_error_at(&r.path_of("public_key_file"))
-    {
-        ctx.error("jwt", "no verification keys: set public_key_file (PEM) or jwks_file");
+    let no_source = public_key_files.is_empty() && jwks_file.is_none() && !r.present("jwks_url");
+    if no_source && !ctx.has_error_at(&r.path_of("public_key_file")) {
+        ctx.error("jwt", "no verification keys: set public_key_file (PEM), jwks_file or jwks_url");
     }
     if identity_known && identity == Identity::SetRole && server_user.is_none() && !r.present("server_user") {
         ctx.error(
@@ -73,6 +80,12 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
     Jwt {
         public_key_files: public_key_files.into_iter().map(PathBuf::from).collect(),
         jwks_file: jwks_file.map(PathBuf::from),
+        jwks_url,
+        jwks_ca_file: jwks_ca_file.map(PathBuf::from),
+        jwks_allow_http,
+        jwks_cache_ttl_secs,
+        jwks_refresh_cooldown_secs,
+        jwks_max_stale_secs,
         algorithms,
         issuers,
         audiences,
@@ -91,6 +104,36 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
         require_tls,
         roles,
     }
+}
+
+pub(super) const DEFAULT_JWKS_TTL_SECS: u64 = 300;
+pub(super) const DEFAULT_JWKS_MAX_STALE_SECS: u64 = 86_400;
+
+/// `https://...`, or `http://...` with `jwks_allow_http = true`.
+fn jwks_url(ctx: &mut Ctx<'_>, r: &mut Reader<'_>, allow_http: bool) -> Option<String> {
+    let path = r.path_of("jwks_url");
+    let url = r.string(ctx, "jwks_url")?;
+    let rest = if let Some(rest) = url.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        if !allow_http {
+            ctx.error(
+                &path,
+                "plain http lets anyone on the path replace the signing keys: use https://, or set \
+                 jwks_allow_http = true (tests only)",
+            );
+            return None;
+        }
+        rest
+    } else {
+        ctx.error(&path, format!("expected an https:// URL, found {}", quote_value(&url)));
+        return None;
+    };
+    if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
+        ctx.error(&path, format!("expected an https:// URL with a host, found {}", quote_value(&url)));
+        return None;
+    }
+    Some(url)
 }
 
 fn algorithms(ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> Vec<Algorithm> {

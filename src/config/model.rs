@@ -192,6 +192,15 @@ pub struct Jwt {
     /// PEM files with public keys (`public_key_file`, one path or a list).
     pub public_key_files: Vec<PathBuf>,
     pub jwks_file: Option<PathBuf>,
+    /// Fetched and refreshed by the control thread.
+    pub jwks_url: Option<String>,
+    /// Extra trusted CA certificates (PEM) for `jwks_url`.
+    pub jwks_ca_file: Option<PathBuf>,
+    pub jwks_allow_http: bool,
+    /// Key `jwks_cache_ttl`: seconds between refreshes.
+    pub jwks_cache_ttl_secs: u64,
+    pub jwks_refresh_cooldown_secs: u64,
+    pub jwks_max_stale_secs: u64,
     /// Empty: every algorithm we verify.
     pub algorithms: Vec<Algorithm>,
     /// Accepted `iss`; empty: not checked.
@@ -227,6 +236,7 @@ impl fmt::Debug for Jwt {
         f.debug_struct("Jwt")
             .field("public_key_files", &self.public_key_files)
             .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
             .field("algorithms", &self.algorithms)
             .field("issuers", &self.issuers)
             .field("audiences", &self.audiences)

@@ -1,6 +1,9 @@
 //! The control thread: everything slow or global, never on the per-message
-//! path. For now it turns SIGINT/SIGTERM into a graceful shutdown; later
-//! issues add JWKS refresh, health checks, reload and stats here.
+//! path. It turns SIGINT/SIGTERM into a graceful shutdown, and runs the JWKS
+//! refresher ([`jwks`]) on a thread of its own; later issues add health
+//! checks, reload and stats here.
+
+pub mod jwks;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +19,9 @@ use crate::shard::ShardHandle;
 /// the shards to finish (each stops after `shutdown_timeout_ms` at most).
 pub fn run(shared: Arc<Shared>, shards: Vec<ShardHandle>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    if let Err(e) = jwks::spawn(shared.clone()) {
+        log::error!("{e}");
+    }
     if let Some(sig) = signals.forever().next() {
         let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
         log::info!(
@@ -24,6 +30,9 @@ pub fn run(shared: Arc<Shared>, shards: Vec<ShardHandle>) -> std::io::Result<()>
         );
     }
     shared.shutdown.store(true, Ordering::Release);
+    if let Some(rt) = shared.jwt.as_ref() {
+        rt.store.wake();
+    }
     let deadline = Duration::from_millis(shared.config.general.shutdown_timeout_ms + 5_000);
     let start = std::time::Instant::now();
     for h in shards {

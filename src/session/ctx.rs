@@ -306,6 +306,8 @@ pub struct ShardCtx {
     slices: RefCell<Vec<Option<PoolSlice<ServerConn>>>>,
     /// Tokens this shard verified.
     pub tokens: RefCell<crate::session::jwt::TokenCache>,
+    /// This shard's reference to the published key set, with its version.
+    keys: RefCell<Option<(u64, Arc<crate::auth::jwt::KeySet>)>>,
     pub registry: RefCell<Registry>,
     waiters: RefCell<HashMap<u64, Option<Waker>>>,
     woken: RefCell<HashSet<u64>>,
@@ -324,6 +326,7 @@ impl ShardCtx {
             defs: RefCell::new((0..n).map(|_| None).collect()),
             slices: RefCell::new((0..n).map(|_| None).collect()),
             tokens: RefCell::new(Default::default()),
+            keys: RefCell::new(None),
             registry: RefCell::new(Registry::default()),
             waiters: RefCell::new(HashMap::new()),
             woken: RefCell::new(HashSet::new()),
@@ -337,6 +340,22 @@ impl ShardCtx {
     pub fn next_id(&self) -> u64 {
         self.next_id.set(self.next_id.get() + 1);
         self.next_id.get()
+    }
+
+    /// The current JWT key set: one atomic load, and the store's lock only
+    /// when the control thread published a new set since the last call.
+    pub fn jwt_keys(&self) -> Option<Arc<crate::auth::jwt::KeySet>> {
+        let store = &self.shared.jwt.as_ref()?.store;
+        let version = store.version();
+        let mut cached = self.keys.borrow_mut();
+        match cached.as_ref() {
+            Some((v, keys)) if *v == version => Some(keys.clone()),
+            _ => {
+                let keys = store.load();
+                *cached = Some((version, keys.clone()));
+                Some(keys)
+            }
+        }
     }
 
     /// The definition of pool `idx` (a valid index from the pool table).

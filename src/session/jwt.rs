@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::jwt::{self, JwtError, KeySet, Policy, RoleRules, Verified, VerifyingKey};
@@ -13,9 +14,119 @@ use crate::config::{Config, Jwt};
 /// skips the signature check).
 pub const TOKEN_CACHE_ENTRIES: usize = 10_000;
 
-/// What every shard reads to check a token. Immutable once built.
+/// The current key set, published by the control thread (read-copy
+/// update): a shard reads one atomic version per login and takes the lock
+/// only to pick up a new set, never while a fetch runs.
+pub struct KeyStore {
+    version: AtomicU64,
+    current: Mutex<Arc<KeySet>>,
+    /// Keys from public_key_file and jwks_file, always part of the set.
+    pub static_keys: Vec<VerifyingKey>,
+    /// Whether a jwks_url exists (only then can a refresh help).
+    pub has_url: bool,
+    /// Milliseconds since the epoch before which no forced refresh starts.
+    next_forced_ms: AtomicU64,
+    cooldown_ms: u64,
+    /// A forced refresh was asked for and has not finished.
+    pub in_flight: AtomicBool,
+    /// Fetch attempts finished (successful or not).
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    wake: (Mutex<bool>, Condvar),
+}
+
+impl KeyStore {
+    pub fn new(static_keys: Vec<VerifyingKey>, has_url: bool, cooldown_secs: u64) -> KeyStore {
+        let (set, _) = KeySet::new(static_keys.clone());
+        KeyStore {
+            version: AtomicU64::new(1),
+            current: Mutex::new(Arc::new(set)),
+            static_keys,
+            has_url,
+            next_forced_ms: AtomicU64::new(0),
+            cooldown_ms: cooldown_secs * 1000,
+            in_flight: AtomicBool::new(false),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            wake: (Mutex::new(false), Condvar::new()),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn load(&self) -> Arc<KeySet> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the key set (control thread).
+    pub fn publish(&self, keys: KeySet) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Asks the control thread for a refresh because a token named an
+    /// unknown kid: at most one per cooldown, however many logins ask.
+    /// Returns whether a refresh is running or starting (worth waiting for).
+    pub fn request_refresh(&self) -> bool {
+        if !self.has_url {
+            return false;
+        }
+        if self.in_flight.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = now_ms();
+        let next = self.next_forced_ms.load(Ordering::Acquire);
+        if now < next
+            || self
+                .next_forced_ms
+                .compare_exchange(next, now + self.cooldown_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return self.in_flight.load(Ordering::Acquire);
+        }
+        self.in_flight.store(true, Ordering::Release);
+        let (lock, cv) = &self.wake;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        true
+    }
+
+    /// Control thread: waits up to `timeout` for a forced refresh request;
+    /// returns whether one came.
+    pub fn wait_for_request(&self, timeout: std::time::Duration) -> bool {
+        let (lock, cv) = &self.wake;
+        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) =
+            cv.wait_timeout_while(guard, timeout, |asked| !*asked).unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, false)
+    }
+
+    /// Control thread: a fetch attempt finished.
+    pub fn attempt_done(&self, ok: bool) {
+        if !ok {
+            self.failures.fetch_add(1, Ordering::AcqRel);
+        }
+        self.in_flight.store(false, Ordering::Release);
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Wakes the control thread (at shutdown).
+    pub fn wake(&self) {
+        let (lock, cv) = &self.wake;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What every shard reads to check a token.
 pub struct JwtRuntime {
-    pub keys: Arc<KeySet>,
+    pub store: Arc<KeyStore>,
     pub policy: Policy,
     pub rules: RoleRules,
 }
@@ -45,7 +156,7 @@ impl JwtRuntime {
             }
             keys.extend(loaded);
         }
-        let (keys, dropped) = KeySet::new(keys);
+        let (_, dropped) = KeySet::new(keys.clone());
         if dropped > 0 {
             log::warn!("jwt: {dropped} keys dropped (duplicate kid, or more than {})", jwt::keys::MAX_KEYS);
         }
@@ -53,7 +164,7 @@ impl JwtRuntime {
             config.users.iter().flat_map(|u| [u.name.clone(), u.server_user.clone()]).collect();
         forbidden.extend(jwt.server_user.clone());
         Ok(JwtRuntime {
-            keys: Arc::new(keys),
+            store: Arc::new(KeyStore::new(keys, jwt.jwks_url.is_some(), jwt.jwks_refresh_cooldown_secs)),
             policy: Policy {
                 algorithms: jwt.algorithms.clone(),
                 issuers: jwt.issuers.clone(),
@@ -69,15 +180,20 @@ impl JwtRuntime {
         })
     }
 
-    /// Validates `token` now, through the shard's cache.
-    pub fn validate(&self, cache: &mut TokenCache, token: &[u8]) -> Result<Rc<Verified>, JwtError> {
+    /// Validates `token` now against `keys`, through the shard's cache.
+    pub fn validate(
+        &self,
+        cache: &mut TokenCache,
+        keys: &Arc<KeySet>,
+        token: &[u8],
+    ) -> Result<Rc<Verified>, JwtError> {
         let now = now_secs();
         let digest = token_digest(token);
-        if let Some(v) = cache.get(&digest, &self.keys, now) {
+        if let Some(v) = cache.get(&digest, keys, now) {
             return Ok(v);
         }
-        let verified = Rc::new(jwt::validate(token, &self.keys, &self.policy, now)?);
-        cache.insert(digest, verified.clone(), &self.keys, now);
+        let verified = Rc::new(jwt::validate(token, keys, &self.policy, now)?);
+        cache.insert(digest, verified.clone(), keys, now);
         Ok(verified)
     }
 }

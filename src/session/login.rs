@@ -481,8 +481,16 @@ async fn authenticate_jwt(
             message: format!("JWT authentication failed for user \"{user}\": {reason}"),
         }
     };
-    let verified =
-        rt.validate(&mut ctx.tokens.borrow_mut(), token).map_err(|e| refuse("28P01", e.to_string()))?;
+    let keys = ctx.jwt_keys().expect("JWT runtime built with [jwt]");
+    // (The token cache is borrowed only within each statement: never across
+    // an await.)
+    let mut result = rt.validate(&mut ctx.tokens.borrow_mut(), &keys, token);
+    if result.as_ref().is_err_and(|e| e.wants_key_refresh()) && wait_for_key_refresh(ctx).await {
+        // An unknown kid and a refresh finished: the keys may have rotated.
+        let keys = ctx.jwt_keys().expect("JWT runtime built with [jwt]");
+        result = rt.validate(&mut ctx.tokens.borrow_mut(), &keys, token);
+    }
+    let verified = result.map_err(|e| refuse("28P01", e.to_string()))?;
     let resolved = rt.rules.resolve(&verified.claims).map_err(|e| refuse("28000", e.to_string()))?;
     if jwt.match_startup_user && resolved.identity != expected {
         let reason = format!(
@@ -502,6 +510,30 @@ async fn authenticate_jwt(
     let mut out = Vec::with_capacity(512);
     auth_message(&mut out, 0, &[]);
     Ok((out, resolved.role))
+}
+
+/// How long a login with an unknown `kid` waits for the key refresh it asked
+/// for.
+const KEY_REFRESH_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks the control thread for a JWKS refresh and waits until a fetch
+/// attempt finishes (or [`KEY_REFRESH_WAIT`]). Returns false at once when no
+/// refresh can run (no jwks_url, or the cooldown since the last one).
+async fn wait_for_key_refresh(ctx: &Rc<ShardCtx>) -> bool {
+    let Some(rt) = ctx.shared.jwt.as_ref() else { return false };
+    let store = &rt.store;
+    let attempts = store.attempts.load(std::sync::atomic::Ordering::Acquire);
+    if !store.request_refresh() {
+        return false;
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < KEY_REFRESH_WAIT {
+        if store.attempts.load(std::sync::atomic::Ordering::Acquire) != attempts {
+            return true;
+        }
+        net::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// The `kid` and `iss` of a token for a log line, read without trusting

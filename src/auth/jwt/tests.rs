@@ -142,6 +142,8 @@ fn unknown_kid_asks_for_a_refresh() {
     let other = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
     let t = other.sign(Algorithm::ES256, Some("idp-key"), &claims(json!({}))).unwrap();
     assert_eq!(check(&t, &keys, &Policy::default()).unwrap_err(), JwtError::BadSignature);
+    let empty = KeySet::default();
+    assert_eq!(check(&t, &empty, &Policy::default()).unwrap_err(), JwtError::UnknownKid("idp-key".into()));
     let mixed = keyset(&[(Algorithm::ES256, None), (Algorithm::EdDSA, Some("named"))]);
     assert_eq!(check(&t, &mixed, &Policy::default()).unwrap_err(), JwtError::UnknownKid("idp-key".into()));
 }

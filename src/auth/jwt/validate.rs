@@ -198,15 +198,19 @@ pub fn validate(token: &[u8], keys: &KeySet, policy: &Policy, now: u64) -> Resul
             // provider that names its key still verifies against them. If none
             // does, a key refresh may bring the kid.
             None => {
-                let mut anonymous =
-                    keys.allowing(alg).filter(|k| k.kid().is_none()).take(MAX_KEYS_TRIED_WITHOUT_KID);
+                let mut anonymous = keys
+                    .allowing(alg)
+                    .filter(|k| k.kid().is_none())
+                    .take(MAX_KEYS_TRIED_WITHOUT_KID)
+                    .peekable();
+                let tried_some = anonymous.peek().is_some();
                 if !anonymous.any(|key| key.verify(alg, signed, &sig)) {
-                    // Only a set with named keys (a JWKS) can be missing this kid;
-                    // against PEM keys alone it is simply a bad signature.
-                    if keys.iter().any(|k| k.kid().is_some()) {
-                        return Err(JwtError::UnknownKid(kid.clone()));
+                    // Against PEM keys alone it is simply a bad signature; with
+                    // named keys (a JWKS), or none yet, a refresh may bring it.
+                    if tried_some && !keys.iter().any(|k| k.kid().is_some()) {
+                        return Err(JwtError::BadSignature);
                     }
-                    return Err(JwtError::BadSignature);
+                    return Err(JwtError::UnknownKid(kid.clone()));
                 }
                 true
             }

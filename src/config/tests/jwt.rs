@@ -91,3 +91,21 @@ fn require_tls_is_met_by_tls_for_clients() {
     let errs = errors(&with_tls("client_tls = \"disabled\""));
     assert!(errs.iter().any(|e| e.starts_with("jwt.require_tls")), "{errs:#?}");
 }
+
+#[test]
+fn jwks_url_rules() {
+    let base = "server_user = \"a\"\nauto_provision = true\nrequire_tls = false";
+    let config = parse_ok(&jwt(&format!("{base}\njwks_url = \"https://idp.example.com/jwks\"")));
+    let j = config.jwt.unwrap();
+    assert_eq!(j.jwks_url.as_deref(), Some("https://idp.example.com/jwks"));
+    assert_eq!(
+        (j.jwks_cache_ttl_secs, j.jwks_refresh_cooldown_secs, j.jwks_max_stale_secs),
+        (300, 30, 86_400)
+    );
+    let errs = errors(&jwt(&format!("{base}\njwks_url = \"http://idp/jwks\"")));
+    assert!(errs.iter().any(|e| e.starts_with("jwt.jwks_url") && e.contains("jwks_allow_http")), "{errs:#?}");
+    parse_ok(&jwt(&format!("{base}\njwks_url = \"http://idp/jwks\"\njwks_allow_http = true")));
+    let errs = errors(&jwt(&format!("{base}\njwks_url = \"ftp://idp\"\njwks_cache_ttl = 1")));
+    assert!(errs.iter().any(|e| e.starts_with("jwt.jwks_url") && e.contains("https")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.starts_with("jwt.jwks_cache_ttl")), "{errs:#?}");
+}
