@@ -291,3 +291,81 @@ async fn role_escapes_are_refused() {
     assert!(res.stderr.contains("locked to the role its token names"), "{res}");
     assert!(res.stdout.trim() == s.role_a, "{res}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_tokens_can_read_and_never_write() {
+    let s = Setup::new("read_only_claim = \"scope\"\nread_only_values = [\"db:read\"]");
+    let t = &s.table;
+    let (writer_fn, ro_off_fn, seq) = (format!("{t}_w"), format!("{t}_off"), format!("{t}_seq"));
+    s.pg.exec(&format!(
+        "CREATE FUNCTION {writer_fn}() RETURNS void LANGUAGE sql AS $$ INSERT INTO {t} VALUES (9, 'fn') $$;
+         CREATE FUNCTION {ro_off_fn}() RETURNS text LANGUAGE sql
+             AS $$ SELECT set_config('default_transaction_read_only', 'off', false) $$;
+         CREATE SEQUENCE {seq}; GRANT USAGE ON SEQUENCE {seq} TO {a};
+         GRANT UPDATE ON {t} TO {a};",
+        a = s.role_a
+    ));
+    let token = s.token(&s.role_a, json!({"scope": "openid db:read"}));
+    let c = s.connect(&s.role_a, &token).await.unwrap_or_else(|e| panic!("{e:?}\n{}", s.proxy.logs()));
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    assert_eq!(one(&c, "SHOW default_transaction_read_only").await, "on");
+    assert_eq!(one(&c, &format!("SELECT count(*) FROM {t}")).await, "0");
+    let writes = [
+        format!("INSERT INTO {t} VALUES (1, 'x')"),
+        format!("UPDATE {t} SET who = 'x'"),
+        format!("DELETE FROM {t}"),
+        format!("MERGE INTO {t} USING (SELECT 1 AS id) s ON {t}.id = s.id WHEN MATCHED THEN DELETE"),
+        format!("WITH d AS (DELETE FROM {t} RETURNING *) SELECT * FROM d"),
+        format!("SELECT * FROM {t} FOR UPDATE"),
+        format!("SELECT * FROM {t} FOR SHARE"),
+        format!("SELECT * INTO {t}_copy FROM {t}"),
+        format!("CREATE TABLE {t}_new (a int)"),
+        format!("DROP TABLE {t}"),
+        format!("TRUNCATE {t}"),
+        format!("SELECT nextval('{seq}')"),
+        format!("SELECT setval('{seq}', 5)"),
+        "CALL no_such_procedure()".to_string(),
+        "DO $$ BEGIN NULL; END $$".to_string(),
+        "BEGIN READ WRITE".to_string(),
+        "START TRANSACTION READ WRITE".to_string(),
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE".to_string(),
+        "SET default_transaction_read_only = off".to_string(),
+        "SET transaction_read_only = off".to_string(),
+        "SELECT set_config('default_transaction_read_only', 'off', false)".to_string(),
+    ];
+    for sql in &writes {
+        // Refused by pgwarden, before Postgres sees it.
+        let by_proxy = |e: &tokio_postgres::Error| {
+            e.as_db_error().is_some_and(|d| d.message().contains("this session is read-only"))
+        };
+        let err = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{sql}: {err:?}");
+        assert!(by_proxy(&err), "{sql}: {err:?}");
+        let err = c.query(sql.as_str(), &[]).await.expect_err(sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "extended {sql}: {err:?}");
+        assert!(by_proxy(&err), "extended {sql}: {err:?}");
+        assert_eq!(one(&c, "SHOW default_transaction_read_only").await, "on", "after {sql}");
+    }
+    // COPY FROM refused; COPY TO reads.
+    let err = c.simple_query(&format!("COPY {t} FROM STDIN")).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err:?}");
+    // A write hidden in a function: Postgres refuses it (the session is read-only).
+    let err = c.simple_query(&format!("SELECT {writer_fn}()")).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err:?}");
+    assert_eq!(s.pg.psql_direct(&format!("SELECT count(*) FROM {t}")).trim(), "0");
+    // The same role without the read-only scope writes (a separate pool).
+    let w = s.login(&s.role_a).await;
+    w.simple_query(&format!("INSERT INTO {t} VALUES (1, 'writer')")).await.unwrap();
+    assert_eq!(one(&c, &format!("SELECT count(*) FROM {t}")).await, "1");
+    // A function that turns read-only off ends the session.
+    let res = c.simple_query(&format!("SELECT {ro_off_fn}()")).await;
+    let after = c.simple_query("SELECT 1").await;
+    assert!(res.is_err() || after.is_err(), "the session survived read-only being turned off");
+    let logs = s.proxy.logs();
+    assert!(logs.contains("got default_transaction_read_only = off"), "{logs}");
+    // A read-only login cannot ask for read-write in its startup packet.
+    let mut cfg = s.proxy.tokio_config(&s.role_a, &token, APP_DB);
+    cfg.options("-c default_transaction_read_only=off");
+    let err = connect_with(&cfg).await.map(|_| ()).unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err:?}");
+}

@@ -56,6 +56,15 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
     let auto_provision_pool_size =
         r.uint(ctx, "auto_provision_pool_size", POOL_SIZE_RANGE).unwrap_or(DEFAULT_AUTO_POOL_SIZE);
     let max_auto_pools = r.uint(ctx, "max_auto_pools", 1..=MAX_AUTO_POOLS).unwrap_or(DEFAULT_MAX_AUTO_POOLS);
+    let auto_provision_read_only = r.boolean(ctx, "auto_provision_read_only").unwrap_or(false);
+    let read_only_claim = claim_path(ctx, &mut r, "read_only_claim");
+    let read_only_values = non_empty_list(ctx, &mut r, "read_only_values");
+    if read_only_claim.is_some() && read_only_values.is_empty() && !r.present("read_only_values") {
+        ctx.error(
+            &r.path_of("read_only_values"),
+            "required key is missing: read_only_claim needs the values that make a token read-only",
+        );
+    }
     let require_tls = r.boolean(ctx, "require_tls").unwrap_or(true);
     let roles = roles(ctx, &mut r);
 
@@ -101,6 +110,9 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
         auto_provision,
         auto_provision_pool_size,
         max_auto_pools,
+        auto_provision_read_only,
+        read_only_claim,
+        read_only_values,
         require_tls,
         roles,
     }
@@ -251,12 +263,13 @@ fn roles(ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> Vec<JwtRole> {
             e.required(ctx, "name", |e, ctx, key| e.name(ctx, key, MAX_NAME_BYTES)).unwrap_or_default();
         let pool_size = e.uint(ctx, "pool_size", POOL_SIZE_RANGE);
         let pool_mode = e.choice(ctx, "pool_mode");
+        let read_only = e.boolean(ctx, "read_only").unwrap_or(false);
         let name_path = e.path_of("name");
         if !name.is_empty() && check_role(ctx, &name_path, &name) && out.iter().any(|r| r.name == name) {
             ctx.error(&name_path, format!("duplicate role {}", quote_value(&name)));
         }
         e.finish(ctx);
-        out.push(JwtRole { name, pool_size, pool_mode });
+        out.push(JwtRole { name, read_only, pool_size, pool_mode });
     }
     out
 }

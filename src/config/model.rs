@@ -225,6 +225,12 @@ pub struct Jwt {
     pub auto_provision: bool,
     pub auto_provision_pool_size: u32,
     pub max_auto_pools: u32,
+    /// Roles made by auto_provision are read-only.
+    pub auto_provision_read_only: bool,
+    /// A claim (dotted path) that makes a token read-only when it holds one
+    /// of `read_only_values`.
+    pub read_only_claim: Option<String>,
+    pub read_only_values: Vec<String>,
     pub require_tls: bool,
     /// `[[jwt.roles]]`: roles with their own settings; without
     /// `auto_provision`, the only roles that may log in.
@@ -262,6 +268,7 @@ impl Jwt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtRole {
     pub name: String,
+    pub read_only: bool,
     pub pool_size: Option<u32>,
     pub pool_mode: Option<PoolMode>,
 }

@@ -34,8 +34,8 @@ const IDLE_CHECK_AFTER: Duration = Duration::from_secs(5);
 pub enum PoolKey {
     /// A `[[users]]` entry and a database.
     User { user: String, database: String },
-    /// A JWT role and a database.
-    JwtRole { role: String, database: String },
+    /// A JWT role, a database, and whether its sessions are read-only.
+    JwtRole { role: String, database: String, read_only: bool },
 }
 
 /// One pool: a (user or JWT role, database) pair.
@@ -183,6 +183,7 @@ impl Shared {
                     user: user.server_user.clone(),
                     password,
                     role: None,
+                    read_only: false,
                     scram_keys: None,
                     connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
                 };
@@ -236,8 +237,8 @@ impl Shared {
 
     /// The pool of JWT `role` on `database`, provisioned on first use when
     /// the role is listed under `[[jwt.roles]]` or `auto_provision` is on.
-    pub fn jwt_pool(&self, role: &str, database: &str) -> Result<usize, SessionError> {
-        let key = PoolKey::JwtRole { role: role.to_owned(), database: database.to_owned() };
+    pub fn jwt_pool(&self, role: &str, database: &str, read_only: bool) -> Result<usize, SessionError> {
+        let key = PoolKey::JwtRole { role: role.to_owned(), database: database.to_owned(), read_only };
         if let Some(idx) = self.pools.lookup(&key) {
             return Ok(idx);
         }
@@ -280,6 +281,7 @@ impl Shared {
                 user: server_user,
                 password: jwt.server_password.as_deref().map(Secret::parse),
                 role: role_param,
+                read_only,
                 scram_keys: None,
                 connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
             },

@@ -69,6 +69,9 @@ pub struct Session {
     /// A JWT login in `identity = "set_role"` mode: statements that could
     /// change the role are refused.
     pub role_locked: bool,
+    /// A read-only JWT login: writes are refused, and the server connection
+    /// has `default_transaction_read_only = on`.
+    pub read_only: bool,
 }
 
 /// What the first packet asked for.
@@ -287,12 +290,13 @@ async fn login(
     negotiate_version(conn, minor, &raw).await?;
     // AuthenticationOk (and SASLFinal) go out with the welcome, in one write:
     // every separate packet costs the client a wake-up.
-    let mut role_locked = false;
+    let (mut role_locked, mut read_only) = (false, false);
     let (mut out, pool) = match jwt_identity(ctx, &user) {
         Some(expected) => {
-            let (out, role) = authenticate_jwt(ctx, conn, &user, expected).await?;
+            let (out, role, ro) = authenticate_jwt(ctx, conn, &user, expected).await?;
             role_locked = ctx.shared.config.jwt.as_ref().is_some_and(|j| j.identity == Identity::SetRole);
-            (out, ctx.shared.jwt_pool(&role, &database)?)
+            read_only = ro;
+            (out, ctx.shared.jwt_pool(&role, &database, read_only)?)
         }
         None => {
             let out = authenticate(ctx, conn, &user).await?;
@@ -310,6 +314,14 @@ async fn login(
         sqlstate: if e.0.contains("cannot be set") { "42501" } else { "22023" },
         message: e.0,
     })?;
+    if read_only && params.iter().any(|(k, _)| k.contains("transaction_read_only")) {
+        return Err(SessionError::Refused {
+            sqlstate: "25006",
+            message: "this login is read-only: default_transaction_read_only and transaction_read_only \
+                      cannot be set"
+                .into(),
+        });
+    }
     if ctx.shared.shutting_down() {
         return Err(SessionError::Shutdown);
     }
@@ -326,7 +338,7 @@ async fn login(
         return Err(e);
     }
     let server = lease.take();
-    let session = Session { user, database, pool, params, pid, cancel, role_locked };
+    let session = Session { user, database, pool, params, pid, cancel, role_locked, read_only };
     let mode = ctx.def(pool).mode;
     if mode == crate::config::PoolMode::Transaction {
         ctx.release(pool, server);
@@ -450,13 +462,14 @@ fn jwt_identity<'u>(ctx: &ShardCtx, user: &'u str) -> Option<&'u str> {
 }
 
 /// Asks for the token as a cleartext password and checks it; returns the
-/// AuthenticationOk to send with the welcome, and the role to become.
+/// AuthenticationOk to send with the welcome, the role to become, and
+/// whether the session is read-only.
 async fn authenticate_jwt(
     ctx: &Rc<ShardCtx>,
     conn: &mut ClientConn,
     user: &str,
     expected: &str,
-) -> Result<(Vec<u8>, String), SessionError> {
+) -> Result<(Vec<u8>, String, bool), SessionError> {
     let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
     let rt = ctx.shared.jwt.as_ref().expect("JWT runtime built with [jwt]");
     if jwt.require_tls && conn.tls.is_none() {
@@ -500,16 +513,26 @@ async fn authenticate_jwt(
         );
         return Err(refuse("28000", reason));
     }
+    let by_claim = jwt
+        .read_only_claim
+        .as_deref()
+        .is_some_and(|c| crate::auth::jwt::claim_has_value(&verified.claims, c, &jwt.read_only_values));
+    let read_only = by_claim
+        || match jwt.role(&resolved.role) {
+            Some(listed) => listed.read_only,
+            None => jwt.auto_provision_read_only,
+        };
     log::info!(
-        "shard {}: JWT login for user \"{user}\" as role \"{}\" (kid {}, iss {})",
+        "shard {}: JWT login for user \"{user}\" as role \"{}\"{} (kid {}, iss {})",
         ctx.id,
         resolved.role,
+        if read_only { ", read-only" } else { "" },
         verified.kid.as_deref().unwrap_or("-"),
         verified.iss.as_deref().unwrap_or("-")
     );
     let mut out = Vec::with_capacity(512);
     auth_message(&mut out, 0, &[]);
-    Ok((out, resolved.role))
+    Ok((out, resolved.role, read_only))
 }
 
 /// How long a login with an unknown `kid` waits for the key refresh it asked

@@ -40,14 +40,10 @@ const SQL_PREPARED_INSPECT_MAX: usize = 64 * 1024;
 /// may send: each must be read whole and checked before it is relayed.
 const ROLE_INSPECT_MAX: usize = 1024 * 1024;
 
-/// What a role-locked session's refused statement is replaced with.
-fn role_refusal_sql() -> String {
-    crate::sql::raise_sql(
-        "42501",
-        "statement refused: this session is locked to the role its token names; SET ROLE, RESET ROLE, \
-         SET SESSION AUTHORIZATION, set_config(), DO blocks and DISCARD ALL are not allowed",
-    )
-}
+/// Why a role-locked session's refused statement is refused.
+const ROLE_REFUSAL: &str =
+    "statement refused: this session is locked to the role its token names; SET ROLE, \
+     RESET ROLE, SET SESSION AUTHORIZATION, set_config(), DO blocks and DISCARD ALL are not allowed";
 
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
@@ -117,6 +113,8 @@ pub struct Relay {
     /// way out.
     tls: Option<Box<TlsSession>>,
     c_cipher: Vec<u8>,
+    /// A read-only session saw read-only turned off: it must end.
+    violation: Option<SessionError>,
 }
 
 /// What processing client input needs before it can go on.
@@ -168,6 +166,7 @@ impl Relay {
             c_skip_discard: 0,
             tls,
             c_cipher,
+            violation: None,
         };
         if let Some(s) = server {
             r.bind(*s);
@@ -563,7 +562,7 @@ impl Relay {
                         return Ok(None);
                     }
                     // Checked (and refused) on the way to a server.
-                    if self.session.role_locked && crate::sql::may_change_role(query) {
+                    if self.refusal(query).is_some() {
                         return Ok(None);
                     }
                     let def = self.ctx.registry.borrow_mut().intern(query, &types);
@@ -610,7 +609,8 @@ impl Relay {
     fn client_message(&mut self, mut h: frame::Header, pos: usize) -> Result<Option<usize>, ProtocolError> {
         let avail = self.c_in.len() - pos;
         let mut whole = avail >= h.total_len();
-        if self.session.role_locked && matches!(h.tag, b'Q' | b'P' | b'F') && !self.flow.skipping() {
+        let inspect = self.session.role_locked || self.session.read_only;
+        if inspect && matches!(h.tag, b'Q' | b'P' | b'F') && !self.flow.skipping() {
             if !whole {
                 if h.total_len() > ROLE_INSPECT_MAX {
                     return Err(ProtocolError::TooLarge {
@@ -621,7 +621,7 @@ impl Relay {
                 }
                 return self.need_whole(h, pos);
             }
-            if self.refuse_role_change(h, pos)? {
+            if self.refuse_unsafe(h, pos)? {
                 h = frame::read_header(&self.c_in[pos..], self.max_msg)?.expect("rewritten message is whole");
                 whole = true;
             }
@@ -771,50 +771,61 @@ impl Relay {
         h.total_len()
     }
 
-    /// In a session locked to its token's role, replaces a whole Query,
-    /// Parse or FunctionCall that could change the role with one that makes
-    /// the server raise 42501 (in order, failing the transaction as a refused
-    /// statement would). A Parse keeps its name: executing it raises. Returns
-    /// whether the message at `pos` was rewritten.
-    fn refuse_role_change(&mut self, h: frame::Header, pos: usize) -> Result<bool, ProtocolError> {
+    /// Why `text` must not run in this session: a role change in a
+    /// role-locked session (42501), a write in a read-only one (25006).
+    fn refusal(&self, text: &[u8]) -> Option<(&'static str, String)> {
+        if self.session.read_only {
+            if let Some(what) = crate::sql::may_write(text) {
+                return Some((
+                    "25006",
+                    format!(
+                        "statement refused: this session is read-only, and the statement contains {what}"
+                    ),
+                ));
+            }
+        }
+        if self.session.role_locked && crate::sql::may_change_role(text) {
+            return Some(("42501", ROLE_REFUSAL.to_string()));
+        }
+        None
+    }
+
+    /// In a session locked to its token's role, or read-only, replaces a
+    /// whole Query, Parse or FunctionCall that must not run with one that
+    /// makes the server raise the refusal (in order, failing the transaction
+    /// as a refused statement would). A Parse keeps its name: executing it
+    /// raises. Returns whether the message at `pos` was rewritten.
+    fn refuse_unsafe(&mut self, h: frame::Header, pos: usize) -> Result<bool, ProtocolError> {
         let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
         let mut out = Vec::new();
         match h.tag {
             b'Q' => {
                 let text = body.strip_suffix(&[0]).unwrap_or(body);
-                if !crate::sql::may_change_role(text) {
-                    return Ok(false);
-                }
+                let Some((code, msg)) = self.refusal(text) else { return Ok(false) };
                 let mut w = Writer::new(&mut out, b'Q');
-                w.cstr(role_refusal_sql().as_bytes());
+                w.cstr(crate::sql::raise_sql(code, &msg).as_bytes());
                 w.finish();
             }
             b'P' => {
                 let (name, query, _) = decode_parse(body)?;
-                if !crate::sql::may_change_role(query) {
-                    return Ok(false);
-                }
+                let Some((code, msg)) = self.refusal(query) else { return Ok(false) };
                 let mut w = Writer::new(&mut out, b'P');
-                w.cstr(name).cstr(role_refusal_sql().as_bytes()).i16(0);
+                w.cstr(name).cstr(crate::sql::raise_sql(code, &msg).as_bytes()).i16(0);
                 w.finish();
             }
             _ => {
-                // FunctionCall names a function by OID (set_config has one):
-                // not inspectable, so not allowed.
+                // FunctionCall names a function by OID (set_config, nextval
+                // have one): not inspectable, so not allowed.
                 let sql = crate::sql::raise_sql(
-                    "42501",
-                    "FunctionCall messages are not allowed in a session locked to its token's role",
+                    if self.session.role_locked { "42501" } else { "25006" },
+                    "FunctionCall messages are not allowed in a session locked to its token's role or read-only",
                 );
                 let mut w = Writer::new(&mut out, b'Q');
                 w.cstr(sql.as_bytes());
                 w.finish();
             }
         }
-        log::info!(
-            "shard {}: refused a statement that could change the role (user \"{}\")",
-            self.ctx.id,
-            self.session.user
-        );
+        log::info!("shard {}: refused a statement (user \"{}\")", self.ctx.id, self.session.user);
         self.c_in.splice(pos..pos + h.total_len(), out);
         Ok(true)
     }
@@ -1039,6 +1050,9 @@ impl Relay {
     /// transaction ended.
     async fn process_server(&mut self) -> Result<(), End> {
         self.server_step().map_err(|e| End::Error(SessionError::server_protocol(e)))?;
+        if let Some(v) = self.violation.take() {
+            return Err(End::Error(v));
+        }
         self.apply_undo();
         self.maybe_release().await
     }
@@ -1130,6 +1144,24 @@ impl Relay {
     fn on_parameter_status(&mut self, body: &[u8]) {
         let server = self.server.as_mut().expect("bound");
         if let Some((name, value)) = server.on_parameter_status(body) {
+            if self.session.read_only && name == "default_transaction_read_only" && value != "on" {
+                // Something (a function?) turned read-only off: this session
+                // ends, and the server connection is closed, never reused.
+                log::warn!(
+                    "shard {}: read-only session of user \"{}\" got default_transaction_read_only = {value}; \
+                     closing it",
+                    self.ctx.id,
+                    self.session.user
+                );
+                self.flow.mark_broken();
+                self.violation = Some(SessionError::Refused {
+                    sqlstate: "25006",
+                    message: "this session is read-only, and default_transaction_read_only was turned off; \
+                              the connection is closed"
+                        .into(),
+                });
+                return;
+            }
             if NOT_REPLAYED.contains(&name.as_str()) {
                 // Read-only or identity-changing: never replayed with SET;
                 // an identity change is reset before the server is reused.

@@ -33,6 +33,8 @@ pub struct ServerLogin {
     /// A role to take at login (the `role` startup parameter), for JWT
     /// logins in `identity = "set_role"` mode.
     pub role: Option<String>,
+    /// Start the session with `default_transaction_read_only = on`.
+    pub read_only: bool,
     /// SCRAM keys recovered from a client login, for a SCRAM-secret-only user.
     pub scram_keys: Option<auth::ScramCredential>,
     pub connect_timeout: Duration,
@@ -159,15 +161,14 @@ impl ServerConn {
 
     async fn login(&mut self, login: &ServerLogin) -> Result<(), SessionError> {
         let mut out = Vec::new();
-        match &login.role {
-            Some(role) => startup::encode_startup(
-                &mut out,
-                &[("user", &login.user), ("database", &login.database), ("role", role)],
-            ),
-            None => {
-                startup::encode_startup(&mut out, &[("user", &login.user), ("database", &login.database)])
-            }
+        let mut params: Vec<(&str, &str)> = vec![("user", &login.user), ("database", &login.database)];
+        if let Some(role) = &login.role {
+            params.push(("role", role));
         }
+        if login.read_only {
+            params.push(("default_transaction_read_only", "on"));
+        }
+        startup::encode_startup(&mut out, &params);
         self.send(out).await?;
         let mut scram: Option<auth::ScramClient> = None;
         loop {

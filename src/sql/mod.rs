@@ -324,6 +324,179 @@ fn word_follows(rest: &[u8], k: &[u8]) -> bool {
     lx.skip_blank() && starts_word_ci(&rest[lx.pos..], k)
 }
 
+/// Words that make a statement a write (or DDL, or a sequence change) for a
+/// read-only session, wherever they appear outside literals and comments.
+/// `update` and `share` also catch `SELECT ... FOR UPDATE / SHARE`; `into`
+/// catches `SELECT ... INTO`.
+const WRITE_WORDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "truncate",
+    "create",
+    "alter",
+    "drop",
+    "grant",
+    "revoke",
+    "comment",
+    "reindex",
+    "vacuum",
+    "cluster",
+    "refresh",
+    "security",
+    "import",
+    "reassign",
+    "call",
+    "lock",
+    "nextval",
+    "setval",
+    "into",
+    "share",
+    "characteristics",
+    "pg_settings",
+];
+
+/// Why `text` could write, for a read-only session; `None` if it reads
+/// only, as far as its words show. Literals and comments are skipped; an
+/// unterminated one makes the answer "could write". Writes hidden inside
+/// functions are not visible here: the server's
+/// `default_transaction_read_only = on` stops those.
+pub fn may_write(text: &[u8]) -> Option<&'static str> {
+    let toks = match tokens(text) {
+        Some(t) => t,
+        None => return Some("an unterminated literal or comment"),
+    };
+    let mut depth = 0i32;
+    let mut copy_at: Option<i32> = None;
+    let mut has_params = false;
+    let mut set_config = false;
+    let mut literal_read_only = false;
+    // `SHOW transaction_read_only` only reads.
+    let mut show = false;
+    let mut first = true;
+    for (i, t) in toks.iter().enumerate() {
+        let starts = std::mem::replace(&mut first, false);
+        match t {
+            Tok::Punct(b'(') => depth += 1,
+            Tok::Punct(b')') => depth -= 1,
+            Tok::Punct(b';') => {
+                copy_at = None;
+                depth = 0;
+                first = true;
+                show = false;
+            }
+            Tok::Param => has_params = true,
+            Tok::Literal(l) => literal_read_only |= contains_ci(l, b"read_only"),
+            Tok::Quoted(w) if !show && contains_ci(w, b"read_only") => {
+                return Some("a change of transaction_read_only")
+            }
+            Tok::Word(w) => {
+                if starts && word_is(w, b"show") {
+                    show = true;
+                }
+                if let Some(k) = WRITE_WORDS.iter().find(|k| word_is(w, k.as_bytes())) {
+                    return Some(k);
+                }
+                if !show && contains_ci(w, b"read_only") {
+                    return Some("a change of transaction_read_only");
+                }
+                if word_is(w, b"write")
+                    && i > 0
+                    && matches!(&toks[i - 1], Tok::Word(p) if word_is(p, b"read"))
+                {
+                    return Some("READ WRITE");
+                }
+                if word_is(w, b"copy") {
+                    copy_at = Some(depth);
+                }
+                if word_is(w, b"from") && copy_at == Some(depth) {
+                    return Some("COPY FROM");
+                }
+                if contains_ci(w, b"set_config") {
+                    set_config = true;
+                }
+                if word_is(w, b"do")
+                    && !matches!(toks.get(i + 1), Some(Tok::Word(n)) if word_is(n, b"nothing"))
+                {
+                    return Some("DO");
+                }
+                if word_is(w, b"u") && matches!(toks.get(i + 1), Some(Tok::Punct(b'&'))) {
+                    return Some("a Unicode-escaped name");
+                }
+            }
+            _ => {}
+        }
+    }
+    // set_config on anything but literals that leave read-only alone.
+    if set_config && (has_params || literal_read_only) {
+        return Some("a change of transaction_read_only");
+    }
+    None
+}
+
+/// A token of [`tokens`].
+enum Tok<'a> {
+    Word(&'a [u8]),
+    /// A quoted identifier's contents.
+    Quoted(&'a [u8]),
+    /// A string literal's contents (dollar-quoted too).
+    Literal(&'a [u8]),
+    /// `$1`.
+    Param,
+    Punct(u8),
+}
+
+/// Splits SQL into words, quoted names, literals, parameters and
+/// punctuation, skipping comments. `None` on an unterminated literal,
+/// quoted name or comment.
+fn tokens(text: &[u8]) -> Option<Vec<Tok<'_>>> {
+    let mut lx = Lexer { s: text, pos: 0, quoted_last: false };
+    let mut out = Vec::new();
+    loop {
+        if !lx.skip_blank() {
+            return None;
+        }
+        let Some(c) = lx.peek() else { return Some(out) };
+        let start = lx.pos;
+        match c {
+            b'\'' => {
+                if !lx.skip_quoted(b'\'') {
+                    return None;
+                }
+                out.push(Tok::Literal(&text[start + 1..lx.pos - 1]));
+            }
+            b'"' => {
+                if !lx.skip_quoted(b'"') {
+                    return None;
+                }
+                out.push(Tok::Quoted(&text[start + 1..lx.pos - 1]));
+            }
+            b'$' => {
+                if !lx.skip_dollar() {
+                    return None;
+                }
+                let body = &text[start..lx.pos];
+                if body.len() > 1 && body[1..].iter().all(u8::is_ascii_digit) {
+                    out.push(Tok::Param);
+                } else {
+                    out.push(Tok::Literal(body));
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                while matches!(lx.peek(), Some(c) if is_ident(c) || c >= 0x80) {
+                    lx.pos += 1;
+                }
+                out.push(Tok::Word(&text[start..lx.pos]));
+            }
+            c => {
+                lx.pos += 1;
+                out.push(Tok::Punct(c));
+            }
+        }
+    }
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
 }
@@ -376,6 +549,75 @@ pub fn raise_sql(sqlstate: &str, message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        #[test]
+        fn inspection_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = may_write(&bytes);
+            let _ = may_change_role(&bytes);
+        }
+    }
+
+    #[test]
+    fn writes_are_caught() {
+        let writes = [
+            ("INSERT INTO t VALUES (1)", "insert"),
+            ("update t set a = 1", "update"),
+            ("DELETE FROM t", "delete"),
+            ("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", "merge"),
+            ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "delete"),
+            ("COPY t FROM STDIN", "COPY FROM"),
+            ("copy t (a, b) from '/tmp/x'", "COPY FROM"),
+            ("CREATE TABLE x (a int)", "create"),
+            ("DROP TABLE t", "drop"),
+            ("ALTER TABLE t ADD b int", "alter"),
+            ("TRUNCATE t", "truncate"),
+            ("SELECT * FROM t FOR UPDATE", "update"),
+            ("SELECT * FROM t FOR KEY SHARE", "share"),
+            ("SELECT * INTO newt FROM t", "into"),
+            ("SELECT nextval('s')", "nextval"),
+            ("select pg_catalog.setval('s', 1)", "setval"),
+            ("CALL p()", "call"),
+            ("DO $$ BEGIN NULL; END $$", "DO"),
+            ("BEGIN READ WRITE", "READ WRITE"),
+            ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE", "READ WRITE"),
+            ("SET TRANSACTION READ WRITE", "READ WRITE"),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "characteristics"),
+            ("SET default_transaction_read_only = off", "a change of transaction_read_only"),
+            ("RESET transaction_read_only", "a change of transaction_read_only"),
+            ("SET \"default_transaction_read_only\" TO off", "a change of transaction_read_only"),
+            (
+                "SELECT set_config('default_transaction_read_only', 'off', false)",
+                "a change of transaction_read_only",
+            ),
+            ("SELECT set_config($1, $2, false)", "a change of transaction_read_only"),
+            ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", "insert"),
+            ("PREPARE p AS UPDATE t SET a = 1", "update"),
+            ("SELECT 1; DELETE FROM t", "delete"),
+            ("SELECT 'unterminated", "an unterminated literal or comment"),
+        ];
+        for (q, why) in writes {
+            assert_eq!(may_write(q.as_bytes()), Some(why), "{q}");
+        }
+        let reads = [
+            "SELECT * FROM t WHERE note = 'please update'",
+            "select a, b from t -- delete later\n where a > 1",
+            "SELECT /* insert */ 1",
+            "SELECT $$ drop table $$",
+            "COPY t TO STDOUT",
+            "COPY (SELECT * FROM t) TO STDOUT",
+            "BEGIN READ ONLY",
+            "BEGIN",
+            "SELECT set_config('application_name', 'x', false)",
+            "SHOW default_transaction_read_only",
+            "EXPLAIN SELECT 1",
+            "SELECT \"Update\" FROM t",
+            "SELECT count(*) FROM pgbench_accounts WHERE aid = $1",
+        ];
+        for q in reads {
+            assert_eq!(may_write(q.as_bytes()), None, "{q}");
+        }
+    }
+
     #[test]
     fn role_changes_are_caught() {
         let refused = [

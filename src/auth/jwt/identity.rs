@@ -97,6 +97,18 @@ fn bad_name(s: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether the claim at `path` holds one of `values`: as the whole string,
+/// as one word of a space-separated string (an OAuth `scope`), or as an
+/// element of an array.
+pub fn claim_has_value(claims: &Map<String, Value>, path: &str, values: &[String]) -> bool {
+    let hit = |s: &str| values.iter().any(|v| v == s);
+    match claim_at(claims, path) {
+        Some(Value::String(s)) => hit(s) || s.split_whitespace().any(hit),
+        Some(Value::Array(items)) => items.iter().any(|i| i.as_str().is_some_and(hit)),
+        _ => false,
+    }
+}
+
 /// `app_*` matches names starting with `app_`; anything else matches itself.
 pub fn pattern_matches(pattern: &str, role: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -155,6 +167,26 @@ mod tests {
         assert!(open.resolve(&claims(json!({"sub": "pg_read_all_data"}))).is_err());
         assert!(open.resolve(&claims(json!({"sub": "authenticator"}))).is_err());
         assert_eq!(open.resolve(&claims(json!({"sub": "bob"}))).unwrap().role, "bob");
+    }
+
+    #[test]
+    fn read_only_claims() {
+        let values = vec!["read_only".to_string(), "db:read".to_string()];
+        let yes = [
+            json!({"scope": "openid db:read"}),
+            json!({"scope": "read_only"}),
+            json!({"scope": ["x", "db:read"]}),
+        ];
+        for c in yes {
+            assert!(claim_has_value(&claims(c.clone()), "scope", &values), "{c}");
+        }
+        let no =
+            [json!({"scope": "db:write"}), json!({"scope": 1}), json!({}), json!({"scope": ["db:readx"]})];
+        for c in no {
+            assert!(!claim_has_value(&claims(c.clone()), "scope", &values), "{c}");
+        }
+        let nested = claims(json!({"app": {"access": "read_only"}}));
+        assert!(claim_has_value(&nested, "app.access", &values));
     }
 
     #[test]

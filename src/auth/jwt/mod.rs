@@ -12,7 +12,7 @@ pub mod keys;
 pub mod sign;
 pub mod validate;
 
-pub use identity::{Resolved, RoleError, RoleRules};
+pub use identity::{claim_has_value, Resolved, RoleError, RoleRules};
 pub use keys::{parse_jwks, Algorithm, KeyError, KeySet, VerifyingKey};
 pub use sign::SigningKey;
 pub use validate::{claim_at, peek_header, validate, JwtError, Policy, Verified, MAX_TOKEN_BYTES};

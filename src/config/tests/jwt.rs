@@ -109,3 +109,18 @@ fn jwks_url_rules() {
     assert!(errs.iter().any(|e| e.starts_with("jwt.jwks_url") && e.contains("https")), "{errs:#?}");
     assert!(errs.iter().any(|e| e.starts_with("jwt.jwks_cache_ttl")), "{errs:#?}");
 }
+
+#[test]
+fn read_only_keys() {
+    let config = parse_ok(&jwt(&format!(
+        "{GOOD}\nauto_provision_read_only = true\nread_only_claim = \"scope\"\nread_only_values = \"db:read\"\n\
+         [[jwt.roles]]\nname = \"reporter\"\nread_only = true\n"
+    )));
+    let j = config.jwt.unwrap();
+    assert!(j.auto_provision_read_only);
+    assert_eq!(j.read_only_claim.as_deref(), Some("scope"));
+    assert_eq!(j.read_only_values, vec!["db:read"]);
+    assert!(j.role("reporter").unwrap().read_only);
+    let errs = errors(&jwt(&format!("{GOOD}\nread_only_claim = \"scope\"")));
+    assert!(errs.iter().any(|e| e.starts_with("jwt.read_only_values")), "{errs:#?}");
+}
