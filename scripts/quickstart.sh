@@ -6,10 +6,12 @@
 #
 # It installs the dependencies (scripts/install-deps.sh), starts a throwaway
 # Postgres in a temp dir (port 5433, or a free one), creates role `app`
-# (password `app-secret`) and database `app`, writes a pgwarden config next to
-# it, builds pgwarden (release), starts it on 127.0.0.1:6432 (or a free port),
-# runs psql and pgbench through it, and prints how to connect. Ctrl-C stops
-# pgwarden and Postgres and removes the temp dir.
+# (password `app-secret`), database `app`, an authenticator role and a role
+# `analyst` for JWT logins, writes a pgwarden config next to it, builds
+# pgwarden (release), makes a signing key (`pgwarden keygen`) and a TLS
+# certificate, starts pgwarden on 127.0.0.1:6432 (or a free port), runs psql
+# and pgbench through it with a password and with a JWT over TLS, and prints
+# how to connect. Ctrl-C stops pgwarden and Postgres and removes the temp dir.
 # PGWARDEN_BIN=path uses that binary instead of building one.
 set -euo pipefail
 
@@ -19,7 +21,7 @@ for arg in "$@"; do
     case $arg in
         --exit) EXIT_WHEN_DONE=1 ;;
         -h | --help)
-            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -32,6 +34,9 @@ done
 APP_USER=app
 APP_PASSWORD=app-secret
 APP_DB=app
+AUTH_USER=authenticator
+AUTH_PASSWORD=authenticator-secret
+JWT_ROLE=analyst
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 run() {
@@ -96,7 +101,10 @@ port_is_free "$PG_PORT" || PG_PORT=$(free_port)
 run bash "$ROOT/scripts/pg.sh" start "$WORK/pg" "$PG_PORT"
 run bash "$ROOT/scripts/pg.sh" psql "$WORK/pg" "$PG_PORT" -q -v ON_ERROR_STOP=1 -d postgres \
     -c "CREATE ROLE $APP_USER LOGIN PASSWORD '$APP_PASSWORD'" \
-    -c "CREATE DATABASE $APP_DB OWNER $APP_USER"
+    -c "CREATE DATABASE $APP_DB OWNER $APP_USER" \
+    -c "CREATE ROLE $AUTH_USER LOGIN NOINHERIT PASSWORD '$AUTH_PASSWORD'" \
+    -c "CREATE ROLE $JWT_ROLE NOLOGIN" \
+    -c "GRANT $JWT_ROLE TO $AUTH_USER"
 
 step "pgwarden config"
 PROXY_PORT=6432
@@ -119,6 +127,24 @@ port = $PG_PORT
 [[users]]
 name = "$APP_USER"
 password = "$APP_PASSWORD"
+
+# TLS for clients (a self-signed certificate made below).
+[tls]
+cert_file = "$WORK/certs/server.crt"
+key_file = "$WORK/certs/server.key"
+client_tls = "allowed"
+
+# JWT logins: a token signed by the key made below is the password; its
+# "sub" is the Postgres role, taken through the authenticator.
+[jwt]
+public_key_file = "$WORK/keys/public.pem"
+audience = "pgwarden"
+allowed_roles = ["$JWT_ROLE"]
+server_user = "$AUTH_USER"
+server_password = "$AUTH_PASSWORD"
+auto_provision = true
+read_only_claim = "scope"
+read_only_values = ["db:read"]
 EOF
 cat "$CONFIG"
 
@@ -132,6 +158,12 @@ else
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     BIN=$TARGET_DIR/release/pgwarden
 fi
+step "signing key and TLS certificate"
+run "$BIN" keygen --alg ES256 --out "$WORK/keys"
+mkdir -p "$WORK/certs"
+run openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$WORK/certs/server.key" -out "$WORK/certs/server.crt"
 run "$BIN" check --config "$CONFIG"
 
 step "start pgwarden"
@@ -166,14 +198,38 @@ step "pgbench through pgwarden"
 run "$PG_BIN/pgbench" "${CONNECT[@]}" -i -s 1 "$APP_DB"
 run timeout 120 "$PG_BIN/pgbench" "${CONNECT[@]}" -c 8 -j 2 -T 10 -M prepared "$APP_DB"
 
+step "JWT login over TLS: a token as the password"
+run bash "$ROOT/scripts/pg.sh" psql "$WORK/pg" "$PG_PORT" -q -v ON_ERROR_STOP=1 -d "$APP_DB" \
+    -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO $JWT_ROLE"
+TOKEN=$("$BIN" token --key "$WORK/keys/private.pem" --sub "$JWT_ROLE" --aud pgwarden --ttl 1h)
+echo "\$ TOKEN=\$($BIN token --key $WORK/keys/private.pem --sub $JWT_ROLE --aud pgwarden --ttl 1h)"
+JWT_CONNECT="host=$PROXY_HOST port=$PROXY_PORT user=$JWT_ROLE dbname=$APP_DB sslmode=require"
+PGPASSWORD=$TOKEN run "$PG_BIN/psql" -X "$JWT_CONNECT" -c 'select current_user, session_user' -c '\conninfo'
+echo "A role change is refused (42501):"
+PGPASSWORD=$TOKEN run "$PG_BIN/psql" -X "$JWT_CONNECT" -c 'set role none' || true
+echo "A read-only token (scope db:read) cannot write (25006):"
+RO_TOKEN=$("$BIN" token --key "$WORK/keys/private.pem" --sub "$JWT_ROLE" --aud pgwarden --ttl 1h --claim scope=db:read)
+PGPASSWORD=$RO_TOKEN run "$PG_BIN/psql" -X "$JWT_CONNECT" -c 'delete from pgbench_history' || true
+
+step "pgbench with a JWT over TLS"
+PGPASSWORD=$TOKEN PGSSLMODE=require run timeout 120 "$PG_BIN/pgbench" -h "$PROXY_HOST" -p "$PROXY_PORT" \
+    -U "$JWT_ROLE" -n -S -c 8 -j 2 -T 10 "$APP_DB"
+PGPASSWORD=$TOKEN PGSSLMODE=require run timeout 120 "$PG_BIN/pgbench" -h "$PROXY_HOST" -p "$PROXY_PORT" \
+    -U "$JWT_ROLE" -n -S -c 4 -j 2 -T 5 -C "$APP_DB"
+
 step "done"
 cat <<EOF
 Postgres  127.0.0.1:$PG_PORT  (data in $WORK/pg, superuser via: scripts/pg.sh psql $WORK/pg $PG_PORT)
 pgwarden  $PROXY_HOST:$PROXY_PORT  (config $CONFIG, log $WORK/pgwarden.log)
 
-Connect through pgwarden with:
+Connect through pgwarden with a password:
 
     PGPASSWORD=$APP_PASSWORD psql -h $PROXY_HOST -p $PROXY_PORT -U $APP_USER $APP_DB
+
+or with a token over TLS:
+
+    PGPASSWORD=\$($BIN token --key $WORK/keys/private.pem --sub $JWT_ROLE --aud pgwarden --ttl 1h) \\
+        psql "host=$PROXY_HOST port=$PROXY_PORT user=$JWT_ROLE dbname=$APP_DB sslmode=require"
 
 EOF
 if [[ $EXIT_WHEN_DONE -eq 1 ]]; then
