@@ -369,3 +369,35 @@ async fn read_only_tokens_can_read_and_never_write() {
     let err = connect_with(&cfg).await.map(|_| ()).unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superuser_authenticator_is_refused_unless_allowed() {
+    let s = Setup::new("");
+    s.pg.exec(&format!("ALTER ROLE {} SUPERUSER", s.authenticator));
+    let (code, msg) = s.refused(&s.role_a, &s.token(&s.role_a, json!({}))).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("server user is a superuser"), "{msg}");
+    assert!(s.proxy.logs().contains("allow_superuser_server_user"), "{}", s.proxy.logs());
+    let allowed = Setup::new("allow_superuser_server_user = true");
+    allowed.pg.exec(&format!("ALTER ROLE {} SUPERUSER INHERIT", allowed.authenticator));
+    let c = allowed.login(&allowed.role_a).await;
+    assert_eq!(one(&c, "SELECT current_user").await, allowed.role_a);
+    assert!(allowed.proxy.logs().contains("has INHERIT"), "{}", allowed.proxy.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_login_connects_as_the_role_itself() {
+    let s = Setup::new("identity = \"login\"");
+    s.pg.exec(&format!("ALTER ROLE {} LOGIN PASSWORD '{AUTH_PASSWORD}'", s.role_a));
+    let c = s.login(&s.role_a).await;
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    assert_eq!(one(&c, "SELECT session_user").await, s.role_a);
+    // Nothing to escape to: the session user is the role.
+    c.simple_query("SET ROLE NONE").await.unwrap();
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    // A role that cannot log in (NOLOGIN, no password) fails closed, with
+    // the server's own error.
+    let err = s.connect(&s.role_b, &s.token(&s.role_b, json!({}))).await.unwrap_err();
+    let msg = format!("{err:?}");
+    assert!(msg.contains("password authentication failed") || msg.contains("not permitted"), "{msg}");
+}

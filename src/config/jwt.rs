@@ -52,6 +52,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
              (from the environment with \"${NAME}\")",
         );
     }
+    let allow_superuser_server_user = r.boolean(ctx, "allow_superuser_server_user").unwrap_or(false);
     let auto_provision = r.boolean(ctx, "auto_provision").unwrap_or(false);
     let auto_provision_pool_size =
         r.uint(ctx, "auto_provision_pool_size", POOL_SIZE_RANGE).unwrap_or(DEFAULT_AUTO_POOL_SIZE);
@@ -107,6 +108,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
         identity,
         server_user,
         server_password,
+        allow_superuser_server_user,
         auto_provision,
         auto_provision_pool_size,
         max_auto_pools,

@@ -222,6 +222,7 @@ pub struct Jwt {
     /// The authenticator in `identity = "set_role"` mode.
     pub server_user: Option<String>,
     pub server_password: Option<String>,
+    pub allow_superuser_server_user: bool,
     pub auto_provision: bool,
     pub auto_provision_pool_size: u32,
     pub max_auto_pools: u32,

@@ -145,6 +145,8 @@ pub struct Shared {
     pub targets: Vec<SocketAddr>,
     pub cancel: CancelRegistry,
     pub shutdown: AtomicBool,
+    /// The authenticator's INHERIT/ownership warning was logged.
+    pub authenticator_warned: AtomicBool,
     /// SCRAM keys recovered from client logins, for users whose server
     /// password is configured only as a SCRAM secret.
     pub scram_keys: Mutex<HashMap<String, ScramCredential>>,
@@ -226,6 +228,7 @@ impl Shared {
             targets,
             cancel: CancelRegistry::new(shards),
             shutdown: AtomicBool::new(false),
+            authenticator_warned: AtomicBool::new(false),
             scram_keys: Mutex::new(HashMap::new()),
             shards,
         })
@@ -451,7 +454,12 @@ impl ShardCtx {
         let cache = self.shared.config.general.prepared_statements_cache_size.max(1) as usize;
         // Gives the budget back if this future is dropped mid-connect.
         let mut lease = LeaseGuard { ctx: self, idx, armed: true };
-        let res = ServerConn::connect(&login, cache).await;
+        let mut res = ServerConn::connect(&login, cache).await;
+        if let (Ok(conn), Some(_)) = (res.as_mut(), login.role.as_ref()) {
+            if let Err(e) = self.check_authenticator(conn, &login.user).await {
+                res = Err(e);
+            }
+        }
         lease.armed = false;
         match res {
             Ok(c) => {
@@ -470,6 +478,46 @@ impl ShardCtx {
                 Err(e)
             }
         }
+    }
+
+    /// On a new `set_role` connection: refuses a superuser authenticator
+    /// (unless `allow_superuser_server_user`), warns once if it has INHERIT
+    /// or owns objects. One query per new server connection, never per
+    /// transaction.
+    async fn check_authenticator(&self, conn: &mut ServerConn, user: &str) -> Result<(), SessionError> {
+        let sql = "SELECT r.rolsuper::text || ',' || r.rolinherit::text || ',' || \
+                   (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relowner = r.oid)::text \
+                   FROM pg_catalog.pg_roles r WHERE r.rolname = session_user";
+        let value = match conn.query_value(sql).await? {
+            Ok(Some(v)) => v,
+            Ok(None) => String::new(),
+            Err(e) => return Err(SessionError::ServerRefused(e)),
+        };
+        let mut parts = value.split(',');
+        let (superuser, inherit, owned) =
+            (parts.next() == Some("true"), parts.next() == Some("true"), parts.next());
+        let allow = self.shared.config.jwt.as_ref().is_some_and(|j| j.allow_superuser_server_user);
+        if superuser && !allow {
+            log::error!(
+                "jwt.server_user \"{user}\" is a superuser: refusing JWT logins through it (a superuser can \
+                 take any role); use a NOSUPERUSER authenticator, or set allow_superuser_server_user = true"
+            );
+            return Err(SessionError::Refused {
+                sqlstate: "28000",
+                message: "pgwarden refuses JWT logins: its server user is a superuser (see the pgwarden log)"
+                    .into(),
+            });
+        }
+        let owns = owned.is_some_and(|n| n != "0");
+        if (inherit || owns) && !self.shared.authenticator_warned.swap(true, Ordering::AcqRel) {
+            log::warn!(
+                "jwt.server_user \"{user}\"{}{}: make it NOINHERIT and let it own nothing, so that only the \
+                 token's role acts",
+                if inherit { " has INHERIT" } else { "" },
+                if owns { " owns objects" } else { "" }
+            );
+        }
+        Ok(())
     }
 
     /// Returns a clean connection to pool `idx` and wakes the next waiter.

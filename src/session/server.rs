@@ -349,6 +349,47 @@ impl ServerConn {
         }
     }
 
+    /// Runs the proxy's own query and returns the first column of its first
+    /// row (as text), or the server's error.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Result<Option<String>, PgError>, SessionError> {
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out, b'Q');
+        w.cstr(sql.as_bytes());
+        w.finish();
+        self.send(out).await?;
+        let (mut err, mut value) = (None, None);
+        loop {
+            let (tag, body) = self.recv().await?;
+            match tag {
+                b'E' => {
+                    err.get_or_insert_with(|| PgError::parse(&body));
+                }
+                b'S' => {
+                    self.on_parameter_status(&body);
+                }
+                // Int16 columns, then Int32 length and bytes of the first.
+                b'D' if value.is_none() && body.len() >= 6 => {
+                    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                    if len >= 0 && body.len() >= 6 + len as usize {
+                        value = Some(String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned());
+                    }
+                }
+                b'Z' => {
+                    if body.first() != Some(&b'I') {
+                        return Err(SessionError::ServerProtocol(
+                            "proxy query left a transaction open".into(),
+                        ));
+                    }
+                    return Ok(match err {
+                        Some(e) => Err(e),
+                        None => Ok(value),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// After `RESET ALL`/`DISCARD ALL`: settings the server does not report
     /// are back at defaults the proxy does not know, so forget them.
     pub fn forget_unreported_settings(&mut self) {
