@@ -401,3 +401,21 @@ async fn identity_login_connects_as_the_role_itself() {
     let msg = format!("{err:?}");
     assert!(msg.contains("password authentication failed") || msg.contains("not permitted"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_sessions_ends_a_session_after_its_token_at_a_boundary() {
+    let s = Setup::new("expire_sessions = true");
+    let token = s.token(&s.role_a, json!({"exp": now() + 3}));
+    let c = s.connect(&s.role_a, &token).await.unwrap();
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    c.simple_query("BEGIN").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Inside the transaction the session goes on, past exp.
+    assert_eq!(one(&c, "SELECT 1").await, "1");
+    c.simple_query("COMMIT").await.unwrap();
+    // At the boundary it ends.
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("token expired") || err.is_closed(), "{text}");
+    assert!(s.proxy.logs().contains("its token expired (expire_sessions)"), "{}", s.proxy.logs());
+}

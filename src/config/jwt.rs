@@ -67,6 +67,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
         );
     }
     let require_tls = r.boolean(ctx, "require_tls").unwrap_or(true);
+    let expire_sessions = r.boolean(ctx, "expire_sessions").unwrap_or(false);
     let roles = roles(ctx, &mut r);
 
     let no_source = public_key_files.is_empty() && jwks_file.is_none() && !r.present("jwks_url");
@@ -116,6 +117,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: &Table) -> Jwt {
         read_only_claim,
         read_only_values,
         require_tls,
+        expire_sessions,
         roles,
     }
 }

@@ -233,6 +233,9 @@ pub struct Jwt {
     pub read_only_claim: Option<String>,
     pub read_only_values: Vec<String>,
     pub require_tls: bool,
+    /// End a session at the first transaction boundary after its token's
+    /// `exp`.
+    pub expire_sessions: bool,
     /// `[[jwt.roles]]`: roles with their own settings; without
     /// `auto_provision`, the only roles that may log in.
     pub roles: Vec<JwtRole>,

@@ -72,6 +72,9 @@ pub struct Session {
     /// A read-only JWT login: writes are refused, and the server connection
     /// has `default_transaction_read_only = on`.
     pub read_only: bool,
+    /// With `jwt.expire_sessions`: the token's `exp` (seconds since the
+    /// epoch), after which the session ends at a transaction boundary.
+    pub expires_at: Option<u64>,
 }
 
 /// What the first packet asked for.
@@ -290,12 +293,14 @@ async fn login(
     negotiate_version(conn, minor, &raw).await?;
     // AuthenticationOk (and SASLFinal) go out with the welcome, in one write:
     // every separate packet costs the client a wake-up.
-    let (mut role_locked, mut read_only) = (false, false);
+    let (mut role_locked, mut read_only, mut expires_at) = (false, false, None);
     let (mut out, pool) = match jwt_identity(ctx, &user) {
         Some(expected) => {
-            let (out, role, ro) = authenticate_jwt(ctx, conn, &user, expected).await?;
-            role_locked = ctx.shared.config.jwt.as_ref().is_some_and(|j| j.identity == Identity::SetRole);
+            let (out, role, ro, exp) = authenticate_jwt(ctx, conn, &user, expected).await?;
+            let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
+            role_locked = jwt.identity == Identity::SetRole;
             read_only = ro;
+            expires_at = jwt.expire_sessions.then_some(exp);
             (out, ctx.shared.jwt_pool(&role, &database, read_only)?)
         }
         None => {
@@ -338,7 +343,7 @@ async fn login(
         return Err(e);
     }
     let server = lease.take();
-    let session = Session { user, database, pool, params, pid, cancel, role_locked, read_only };
+    let session = Session { user, database, pool, params, pid, cancel, role_locked, read_only, expires_at };
     let mode = ctx.def(pool).mode;
     if mode == crate::config::PoolMode::Transaction {
         ctx.release(pool, server);
@@ -462,14 +467,14 @@ fn jwt_identity<'u>(ctx: &ShardCtx, user: &'u str) -> Option<&'u str> {
 }
 
 /// Asks for the token as a cleartext password and checks it; returns the
-/// AuthenticationOk to send with the welcome, the role to become, and
-/// whether the session is read-only.
+/// AuthenticationOk to send with the welcome, the role to become, whether
+/// the session is read-only, and the token's `exp`.
 async fn authenticate_jwt(
     ctx: &Rc<ShardCtx>,
     conn: &mut ClientConn,
     user: &str,
     expected: &str,
-) -> Result<(Vec<u8>, String, bool), SessionError> {
+) -> Result<(Vec<u8>, String, bool, u64), SessionError> {
     let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
     let rt = ctx.shared.jwt.as_ref().expect("JWT runtime built with [jwt]");
     if jwt.require_tls && conn.tls.is_none() {
@@ -532,7 +537,7 @@ async fn authenticate_jwt(
     );
     let mut out = Vec::with_capacity(512);
     auth_message(&mut out, 0, &[]);
-    Ok((out, resolved.role, read_only))
+    Ok((out, resolved.role, read_only, verified.exp))
 }
 
 /// How long a login with an unknown `kid` waits for the key refresh it asked

@@ -74,6 +74,16 @@ pub enum End {
     Error(SessionError),
 }
 
+/// How a relay ended, and what is left to tell the client.
+pub struct Finish {
+    pub end: End,
+    pub wr: Option<WriteHalf>,
+    pub tls: Option<Box<TlsSession>>,
+    /// Client output produced but not written yet (answers to what the
+    /// client sent before the end): sent before the final error.
+    pub pending: Vec<u8>,
+}
+
 /// Relay state for one client.
 pub struct Relay {
     ctx: Rc<ShardCtx>,
@@ -182,13 +192,9 @@ impl Relay {
     }
 
     /// Runs until the client leaves or an error ends the session. Returns
-    /// the client's write half (and TLS state) so the caller can send a
-    /// final error.
-    pub async fn run(
-        mut self,
-        client_rd: ReadHalf,
-        client_wr: WriteHalf,
-    ) -> (End, Option<WriteHalf>, Option<Box<TlsSession>>) {
+    /// what the caller needs to send a final error: the client's write half,
+    /// its TLS state, and output not yet written (which goes first).
+    pub async fn run(mut self, client_rd: ReadHalf, client_wr: WriteHalf) -> Finish {
         let mut c_read = pin!(net::arm_read(None));
         let mut c_write = pin!(net::arm_write(None));
         let mut s_read = pin!(net::arm_read_cancelable(None));
@@ -203,7 +209,7 @@ impl Relay {
         // Bytes that arrived with the startup packet.
         if let Err(end) = self.process_client().await {
             self.abandon_server();
-            return (end, c_wr, self.tls.take());
+            return Finish { end, wr: c_wr, tls: self.tls.take(), pending: std::mem::take(&mut self.c_out) };
         }
         let end = loop {
             // Start writes that have bytes waiting.
@@ -390,7 +396,10 @@ impl Relay {
                 c_wr = Some(wr);
             }
         }
-        (end, c_wr, self.tls.take())
+        // Whole messages only: a message cut mid-stream cannot be followed
+        // by an error the client could read.
+        let pending = if self.s_skip == 0 { std::mem::take(&mut self.c_out) } else { Vec::new() };
+        Finish { end, wr: c_wr, tls: self.tls.take(), pending }
     }
 
     /// Processes buffered client input as far as it goes, checking out a
@@ -408,6 +417,7 @@ impl Relay {
                     if self.ctx.shared.shutting_down() && self.flow.idle() {
                         return Err(End::Error(SessionError::Shutdown));
                     }
+                    self.check_expiry()?;
                     let server = match self.ctx.checkout(self.session.pool).await {
                         Ok(s) => s,
                         Err(e) => return self.refuse_request(e),
@@ -1231,6 +1241,9 @@ impl Relay {
                 "server sent a message out of order; the connection was closed".into(),
             )));
         }
+        if self.flow.idle() && self.s_out.is_empty() {
+            self.check_expiry()?;
+        }
         let releasable = self.mode == PoolMode::Transaction
             && self.flow.idle()
             && self.c_skip == 0
@@ -1250,6 +1263,27 @@ impl Relay {
             self.return_server(server);
         }
         Ok(())
+    }
+
+    /// With `expire_sessions`, ends the session at a transaction boundary
+    /// once its token's `exp` has passed.
+    fn check_expiry(&self) -> Result<(), End> {
+        match self.session.expires_at {
+            Some(exp) if crate::session::jwt::now_secs() >= exp => {
+                log::info!(
+                    "shard {}: session of user \"{}\" ended: its token expired (expire_sessions)",
+                    self.ctx.id,
+                    self.session.user
+                );
+                Err(End::Error(SessionError::Refused {
+                    sqlstate: "28000",
+                    message: "token expired: the session ends at its token's exp (jwt.expire_sessions); \
+                              reconnect with a fresh token"
+                        .into(),
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Returns a server at a clean boundary: straight to the pool, or via

@@ -20,7 +20,7 @@ use crate::net::tls::TlsSession;
 use crate::net::{self, Listener};
 use crate::session::ctx::{ShardCtx, Shared};
 use crate::session::login::{self, ClientConn, Opening};
-use crate::session::relay::{End, Relay};
+use crate::session::relay::{End, Finish, Relay};
 
 /// io_uring submission queue entries per shard.
 const URING_ENTRIES: u32 = 4096;
@@ -203,22 +203,17 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
             let (user, db, pid) = (session.user.clone(), session.database.clone(), session.pid);
             let ClientConn { rd, wr, buf, tls, cipher, .. } = conn;
             let relay = Relay::new(ctx.clone(), session, server, buf, tls, cipher);
-            let (end, wr, mut tls) = relay.run(rd, wr).await;
+            let Finish { end, wr, mut tls, pending } = relay.run(rd, wr).await;
             ctx.shared.cancel.unregister(pid);
             match end {
                 End::ClientLeft => {}
                 End::Shutdown => {
-                    send_fatal(
-                        wr,
-                        tls.as_deref_mut(),
-                        "57P01",
-                        "terminating connection: pgwarden is shutting down",
-                    )
-                    .await
+                    let msg = "terminating connection: pgwarden is shutting down";
+                    send_fatal(wr, tls.as_deref_mut(), pending, "57P01", msg).await
                 }
                 End::Error(e) => {
                     log::warn!("shard {}: client {peer} (user \"{user}\"): {e}", ctx.id);
-                    send_fatal(wr, tls.as_deref_mut(), e.sqlstate(), &e.client_message()).await;
+                    send_fatal(wr, tls.as_deref_mut(), pending, e.sqlstate(), &e.client_message()).await;
                 }
             }
             log::info!(
@@ -237,9 +232,16 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
     ctx.clients.set(ctx.clients.get() - 1);
 }
 
-async fn send_fatal(wr: Option<net::WriteHalf>, tls: Option<&mut TlsSession>, sqlstate: &str, msg: &str) {
+/// Sends `pending` (answers not yet written), then a FATAL error.
+async fn send_fatal(
+    wr: Option<net::WriteHalf>,
+    tls: Option<&mut TlsSession>,
+    pending: Vec<u8>,
+    sqlstate: &str,
+    msg: &str,
+) {
     if let Some(mut wr) = wr {
-        let mut out = Vec::new();
+        let mut out = pending;
         crate::protocol::backend::error_response(&mut out, "FATAL", sqlstate, msg);
         if let Some(tls) = tls {
             let mut cipher = Vec::new();
