@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh [--quick] [--workers N] [--no-pin] [--time SECS] [--scale N]
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
-#                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']...
+#                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']... [--jwt | --jwt-only]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #
 # Cells: select-only (-S) and tpcb-like, protocols simple/extended/prepared,
@@ -14,6 +14,13 @@
 # transaction pooling in both proxies. --quick runs 5 cells at -T 5. --cell
 # (repeatable) runs only the cells given, e.g. --cell 'select-only simple 16 -C'
 # or --cell 'tpcb-like extended 64 -'.
+#
+# --jwt adds a table for JWT logins, all through pgwarden over TLS: a static
+# user with SCRAM against a JWT user (a token as the password, role taken
+# through an authenticator), for select-only -c 16 with -C (a login per
+# transaction: the reconnect with the same token is served by the per-shard
+# token cache) and without (per-transaction cost of a role-locked session).
+# --jwt-only runs that table alone.
 #
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
@@ -38,6 +45,7 @@ OUT=
 WITH_PGBOUNCER=1
 BUILD=1
 ONLY_CELLS=()
+JWT=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -50,6 +58,8 @@ while [[ $# -gt 0 ]]; do
         --no-pgbouncer) WITH_PGBOUNCER=0 ;;
         --no-build) BUILD=0 ;;
         --cell) ONLY_CELLS+=("$2"); shift ;;
+        --jwt) JWT=1 ;;
+        --jwt-only) JWT=1; ONLY_CELLS=(none) ;;
         -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -60,6 +70,7 @@ if [[ -z $DURATION ]]; then
 fi
 [[ $WORKERS == auto || $WORKERS =~ ^[0-9]+$ ]] || { echo "--workers: a number or auto" >&2; exit 2; }
 for cell in "${ONLY_CELLS[@]}"; do
+    [[ $cell == none ]] && continue
     read -r workload protocol clients extra <<<"$cell"
     [[ $workload =~ ^(select-only|tpcb-like)$ && $protocol =~ ^(simple|extended|prepared)$ &&
         $clients =~ ^[0-9]+$ && ${extra:--} =~ ^(-|-C)$ ]] ||
@@ -140,11 +151,21 @@ chmod 755 "$WORK"
 PG_PORT=$(free_port)
 bash "$ROOT/scripts/pg.sh" start "$WORK/pg" "$PG_PORT" 2>/dev/null
 psql_su() { bash "$ROOT/scripts/pg.sh" psql "$WORK/pg" "$PG_PORT" -q -v ON_ERROR_STOP=1 "$@"; }
-psql_su -d postgres -c "CREATE ROLE $APP_USER LOGIN PASSWORD '$APP_PASSWORD'" -c "CREATE DATABASE $DB OWNER $APP_USER"
+psql_su -d postgres -c "CREATE ROLE $APP_USER LOGIN PASSWORD '$APP_PASSWORD'" -c "CREATE DATABASE $DB OWNER $APP_USER" \
+    -c "CREATE ROLE authenticator LOGIN NOINHERIT PASSWORD 'authenticator-secret'" \
+    -c "CREATE ROLE bench_jwt NOLOGIN" -c "GRANT bench_jwt TO authenticator"
 export PGPASSWORD=$APP_PASSWORD
 log "initialising pgbench data, scale $SCALE..."
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" -i -q -s "$SCALE" "$DB" >"$WORK/init.log" 2>&1 ||
     { cat "$WORK/init.log" >&2; exit 1; }
+psql_su -d "$DB" -c "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO bench_jwt"
+
+# TLS certificate and JWT signing key (used by --jwt; configured always, so
+# the plain targets run against the same configuration).
+mkdir -p "$WORK/certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=IP:127.0.0.1" -keyout "$WORK/certs/server.key" -out "$WORK/certs/server.crt" 2>/dev/null
+"$BIN" keygen --alg ES256 --out "$WORK/keys" >/dev/null
 
 # --- pgwarden ---------------------------------------------------------------
 if [[ $WORKERS == auto ]]; then WORKERS_TOML='"auto"'; else WORKERS_TOML=$WORKERS; fi
@@ -165,6 +186,19 @@ port = $PG_PORT
 [[users]]
 name = "$APP_USER"
 password = "$APP_PASSWORD"
+
+[tls]
+cert_file = "$WORK/certs/server.crt"
+key_file = "$WORK/certs/server.key"
+
+[jwt]
+public_key_file = "$WORK/keys/public.pem"
+server_user = "authenticator"
+server_password = "authenticator-secret"
+allowed_roles = ["bench_jwt"]
+[[jwt.roles]]
+name = "bench_jwt"
+pool_size = $POOL_SIZE
 EOF
 # log_level warn keeps per-connection logging off the measured path, but the
 # `listening on` line is info: start at info if warn hides it.
@@ -252,7 +286,10 @@ else
     CELLS+=("select-only simple 16 -C")
 fi
 if [[ ${#ONLY_CELLS[@]} -gt 0 ]]; then
-    CELLS=("${ONLY_CELLS[@]}")
+    CELLS=()
+    for cell in "${ONLY_CELLS[@]}"; do
+        [[ $cell == none ]] || CELLS+=("$cell")
+    done
 fi
 TARGETS=(direct pgwarden)
 [[ $WITH_PGBOUNCER -eq 1 ]] && TARGETS+=(pgbouncer)
@@ -260,17 +297,22 @@ TARGETS=(direct pgwarden)
 target_port() {
     case $1 in
         direct) echo "$PG_PORT" ;;
-        pgwarden) echo "$PROXY_PORT" ;;
+        pgwarden*) echo "$PROXY_PORT" ;;
         pgbouncer) echo "$PGB_PORT" ;;
     esac
 }
 target_pid() {
     case $1 in
         direct) echo "" ;;
-        pgwarden) echo "$PROXY_PID" ;;
+        pgwarden*) echo "$PROXY_PID" ;;
         pgbouncer) echo "$PGB_PID" ;;
     esac
 }
+# User, password and sslmode per target (libpq's default sslmode=prefer
+# would turn TLS on against pgwarden: plain targets say disable).
+target_user() { if [[ $1 == pgwarden-jwt-tls ]]; then echo bench_jwt; else echo "$APP_USER"; fi; }
+target_password() { if [[ $1 == pgwarden-jwt-tls ]]; then echo "$TOKEN"; else echo "$APP_PASSWORD"; fi; }
+target_sslmode() { if [[ $1 == *-tls ]]; then echo require; else echo disable; fi; }
 
 ROWS=()
 run_cell() {
@@ -288,7 +330,9 @@ run_cell() {
     [[ $extra == -C ]] && args+=(-C)
     local before=0 after=0 out rc=0
     [[ -n $pid ]] && before=$(cpu_ticks "$pid")
-    out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$APP_USER" "${args[@]}" "$DB" 2>"$WORK/pgbench.err") || rc=$?
+    out=$(PGPASSWORD=$(target_password "$target") PGSSLMODE=$(target_sslmode "$target") \
+        timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$(target_user "$target")" \
+        "${args[@]}" "$DB" 2>"$WORK/pgbench.err") || rc=$?
     [[ -n $pid ]] && after=$(cpu_ticks "$pid")
     local tps latency processed failed
     tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
@@ -331,6 +375,24 @@ for cell in "${CELLS[@]}"; do
     done
 done
 
+JWT_ROWS=()
+if [[ $JWT -eq 1 ]]; then
+    TOKEN=$("$BIN" token --key "$WORK/keys/private.pem" --sub bench_jwt --ttl 2h)
+    log "JWT logins over TLS"
+    MAIN_ROWS=("${ROWS[@]}")
+    ROWS=()
+    for cell in "select-only simple 16 -C" "select-only simple 16 -"; do
+        read -r workload protocol clients extra <<<"$cell"
+        log "$workload $protocol -c $clients$([[ $extra == -C ]] && echo ' -C') (TLS)"
+        DIRECT_TPS=
+        for target in direct pgwarden-scram-tls pgwarden-jwt-tls; do
+            run_cell "$workload" "$protocol" "$clients" "$extra" "$target"
+        done
+    done
+    JWT_ROWS=("${ROWS[@]}")
+    ROWS=("${MAIN_ROWS[@]}")
+fi
+
 # --- report -----------------------------------------------------------------
 {
     echo "## pgbench: direct vs pgwarden vs PgBouncer"
@@ -341,6 +403,14 @@ done
     echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
     echo "|---|---|---:|---|---:|---:|---:|---:|"
     printf '%s\n' "${ROWS[@]}"
+    if [[ ${#JWT_ROWS[@]} -gt 0 ]]; then
+        echo
+        echo "### JWT logins (pgwarden over TLS): SCRAM static user vs JWT user (ES256 token, set_role)"
+        echo
+        echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
+        echo "|---|---|---:|---|---:|---:|---:|---:|"
+        printf '%s\n' "${JWT_ROWS[@]}"
+    fi
     if [[ -s $WORK/errors.log ]]; then
         echo
         echo "Some runs failed; their output:"

@@ -363,10 +363,7 @@ const WRITE_WORDS: &[&str] = &[
 /// functions are not visible here: the server's
 /// `default_transaction_read_only = on` stops those.
 pub fn may_write(text: &[u8]) -> Option<&'static str> {
-    let toks = match tokens(text) {
-        Some(t) => t,
-        None => return Some("an unterminated literal or comment"),
-    };
+    let mut toks = Tokens { lx: Lexer { s: text, pos: 0, quoted_last: false } }.peekable();
     let mut depth = 0i32;
     let mut copy_at: Option<i32> = None;
     let mut has_params = false;
@@ -375,8 +372,11 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
     // `SHOW transaction_read_only` only reads.
     let mut show = false;
     let mut first = true;
-    for (i, t) in toks.iter().enumerate() {
+    let mut prev_read = false;
+    while let Some(t) = toks.next() {
+        let Some(t) = t else { return Some("an unterminated literal or comment") };
         let starts = std::mem::replace(&mut first, false);
+        let was_read = std::mem::replace(&mut prev_read, false);
         match t {
             Tok::Punct(b'(') => depth += 1,
             Tok::Punct(b')') => depth -= 1,
@@ -401,12 +401,10 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
                 if !show && contains_ci(w, b"read_only") {
                     return Some("a change of transaction_read_only");
                 }
-                if word_is(w, b"write")
-                    && i > 0
-                    && matches!(&toks[i - 1], Tok::Word(p) if word_is(p, b"read"))
-                {
+                if word_is(w, b"write") && was_read {
                     return Some("READ WRITE");
                 }
+                prev_read = word_is(w, b"read");
                 if word_is(w, b"copy") {
                     copy_at = Some(depth);
                 }
@@ -416,12 +414,10 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
                 if contains_ci(w, b"set_config") {
                     set_config = true;
                 }
-                if word_is(w, b"do")
-                    && !matches!(toks.get(i + 1), Some(Tok::Word(n)) if word_is(n, b"nothing"))
-                {
+                if word_is(w, b"do") && !matches!(toks.peek(), Some(Some(Tok::Word(n))) if word_is(n, b"nothing")) {
                     return Some("DO");
                 }
-                if word_is(w, b"u") && matches!(toks.get(i + 1), Some(Tok::Punct(b'&'))) {
+                if word_is(w, b"u") && matches!(toks.peek(), Some(Some(Tok::Punct(b'&')))) {
                     return Some("a Unicode-escaped name");
                 }
             }
@@ -435,7 +431,7 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// A token of [`tokens`].
+/// A token of [`Tokens`].
 enum Tok<'a> {
     Word(&'a [u8]),
     /// A quoted identifier's contents.
@@ -447,53 +443,65 @@ enum Tok<'a> {
     Punct(u8),
 }
 
-/// Splits SQL into words, quoted names, literals, parameters and
-/// punctuation, skipping comments. `None` on an unterminated literal,
-/// quoted name or comment.
-fn tokens(text: &[u8]) -> Option<Vec<Tok<'_>>> {
-    let mut lx = Lexer { s: text, pos: 0, quoted_last: false };
-    let mut out = Vec::new();
-    loop {
-        if !lx.skip_blank() {
+/// SQL as words, quoted names, literals, parameters and punctuation,
+/// comments skipped, without allocating. Yields `None` (then stops) on an
+/// unterminated literal, quoted name or comment.
+struct Tokens<'a> {
+    lx: Lexer<'a>,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = Option<Tok<'a>>;
+
+    fn next(&mut self) -> Option<Option<Tok<'a>>> {
+        let lx = &mut self.lx;
+        let text = lx.s;
+        if lx.pos > text.len() {
             return None;
         }
-        let Some(c) = lx.peek() else { return Some(out) };
+        if !lx.skip_blank() {
+            lx.pos = text.len() + 1;
+            return Some(None);
+        }
+        let c = lx.peek()?;
         let start = lx.pos;
-        match c {
-            b'\'' => {
-                if !lx.skip_quoted(b'\'') {
-                    return None;
+        let tok = match c {
+            b'\'' | b'"' => {
+                if !lx.skip_quoted(c) {
+                    lx.pos = text.len() + 1;
+                    return Some(None);
                 }
-                out.push(Tok::Literal(&text[start + 1..lx.pos - 1]));
-            }
-            b'"' => {
-                if !lx.skip_quoted(b'"') {
-                    return None;
+                let inner = &text[start + 1..lx.pos - 1];
+                if c == b'"' {
+                    Tok::Quoted(inner)
+                } else {
+                    Tok::Literal(inner)
                 }
-                out.push(Tok::Quoted(&text[start + 1..lx.pos - 1]));
             }
             b'$' => {
                 if !lx.skip_dollar() {
-                    return None;
+                    lx.pos = text.len() + 1;
+                    return Some(None);
                 }
                 let body = &text[start..lx.pos];
                 if body.len() > 1 && body[1..].iter().all(u8::is_ascii_digit) {
-                    out.push(Tok::Param);
+                    Tok::Param
                 } else {
-                    out.push(Tok::Literal(body));
+                    Tok::Literal(body)
                 }
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 while matches!(lx.peek(), Some(c) if is_ident(c) || c >= 0x80) {
                     lx.pos += 1;
                 }
-                out.push(Tok::Word(&text[start..lx.pos]));
+                Tok::Word(&text[start..lx.pos])
             }
             c => {
                 lx.pos += 1;
-                out.push(Tok::Punct(c));
+                Tok::Punct(c)
             }
-        }
+        };
+        Some(Some(tok))
     }
 }
 
