@@ -400,9 +400,11 @@ fi
     echo "$(nproc) cores; Postgres $("$PG_BIN/postgres" -V | awk '{print $3}'); scale $SCALE; -j 2 -T $DURATION;" \
         "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS (pinned: $PIN)${PGB_VERSION:+; PgBouncer $PGB_VERSION}"
     echo
-    echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
-    echo "|---|---|---:|---|---:|---:|---:|---:|"
-    printf '%s\n' "${ROWS[@]}"
+    if [[ ${#ROWS[@]} -gt 0 ]]; then
+        echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
+        echo "|---|---|---:|---|---:|---:|---:|---:|"
+        printf '%s\n' "${ROWS[@]}"
+    fi
     if [[ ${#JWT_ROWS[@]} -gt 0 ]]; then
         echo
         echo "### JWT logins (pgwarden over TLS): SCRAM static user vs JWT user (ES256 token, set_role)"
