@@ -391,6 +391,9 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
             Tok::Quoted(w) if !show && contains_ci(w, b"read_only") => {
                 return Some("a change of transaction_read_only")
             }
+            // A function may be called by its quoted name: "nextval"(...).
+            Tok::Quoted(w) if w == b"nextval" || w == b"setval" => return Some("nextval/setval"),
+            Tok::Quoted(w) if w == b"set_config" => set_config = true,
             Tok::Word(w) => {
                 if starts && word_is(w, b"show") {
                     show = true;
@@ -602,6 +605,11 @@ mod tests {
             ("PREPARE p AS UPDATE t SET a = 1", "update"),
             ("SELECT 1; DELETE FROM t", "delete"),
             ("SELECT 'unterminated", "an unterminated literal or comment"),
+            ("SELECT \"nextval\"('s')", "nextval/setval"),
+            (
+                "SELECT pg_catalog.\"set_config\"('default_transaction_read_only', 'off', false)",
+                "a change of transaction_read_only",
+            ),
         ];
         for (q, why) in writes {
             assert_eq!(may_write(q.as_bytes()), Some(why), "{q}");
