@@ -32,7 +32,11 @@ fn main() {
     let scale = |n: u64| if full { n } else { 3 };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let claims = serde_json::json!({"sub": "analyst", "aud": "pgwarden", "iss": "https://idp", "exp": now + 3600, "iat": now});
-    let policy = Policy { audiences: vec!["pgwarden".into()], issuers: vec!["https://idp".into()], ..Policy::default() };
+    let policy = Policy {
+        audiences: vec!["pgwarden".into()],
+        issuers: vec!["https://idp".into()],
+        ..Policy::default()
+    };
     for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
         let key = SigningKey::from_pkcs8(&generate_pkcs8(alg).unwrap()).unwrap();
         let token = key.sign(alg, Some("k1"), claims.as_object().unwrap()).unwrap();

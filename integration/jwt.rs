@@ -62,7 +62,7 @@ impl Setup {
             &format!(
                 "workers = 1\n[jwt]\npublic_key_file = {:?}\nrequire_tls = false\nserver_user = \"{authenticator}\"\n\
                  server_password = \"{AUTH_PASSWORD}\"\nauto_provision = true\nallowed_roles = [\"{prefix}_*\"]\n\
-                 audience = \"pgwarden\"\n{extra_jwt}\n",
+                 audience = \"pgwarden\"\nissuer = \"https://idp.test\"\n{extra_jwt}\n",
                 path_str(&pem_path)
             ),
         );
@@ -72,7 +72,7 @@ impl Setup {
 
     fn token(&self, sub: &str, extra: Value) -> String {
         let mut claims: Map<String, Value> =
-            json!({"sub": sub, "aud": "pgwarden", "iat": now(), "exp": now() + 300})
+            json!({"sub": sub, "aud": "pgwarden", "iss": "https://idp.test", "iat": now(), "exp": now() + 300})
                 .as_object()
                 .unwrap()
                 .clone();
@@ -182,7 +182,19 @@ async fn bad_tokens_are_refused_with_the_reason() {
         base64_url(br#"{"alg":"none"}"#),
         base64_url(&serde_json::to_vec(&good_claims(&a)).unwrap())
     );
+    let wrong_iss = s.token(&a, json!({"iss": "https://evil.test"}));
+    // HS256 keyed with the public key's PEM: the classic confusion.
+    let hs256 = {
+        let h = base64_url(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let p = base64_url(&serde_json::to_vec(&good_claims(&a)).unwrap());
+        let pem = s.key.public_pem();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pem.as_bytes());
+        let mac = ring::hmac::sign(&key, format!("{h}.{p}").as_bytes());
+        format!("{h}.{p}.{}", base64_url(mac.as_ref()))
+    };
     let cases: Vec<(&str, String, &str)> = vec![
+        ("wrong issuer", wrong_iss, "issuer mismatch"),
+        ("HS256 with the public key", hs256, "algorithm \"HS256\" is not allowed"),
         ("expired", expired, "token expired"),
         ("not yet valid", early, "not yet valid"),
         ("wrong audience", wrong_aud, "audience mismatch"),
@@ -201,13 +213,17 @@ async fn bad_tokens_are_refused_with_the_reason() {
             assert!(!message.contains(&token), "{what}: the message echoes the token");
         }
     }
+    // An empty password.
+    let (code, message) = s.refused(&a, "").await;
+    assert_eq!(code, "28P01", "{message}");
+    assert!(message.contains("empty password"), "{message}");
     let logs = s.proxy.logs();
     assert!(!logs.contains(&good[..40]), "a token reached the log");
     assert!(logs.contains("refused (kid \"test-key\""), "refusals are logged with the kid: {logs}");
 }
 
 fn good_claims(sub: &str) -> Value {
-    json!({"sub": sub, "aud": "pgwarden", "exp": now() + 300})
+    json!({"sub": sub, "aud": "pgwarden", "iss": "https://idp.test", "exp": now() + 300})
 }
 
 fn base64_url(b: &[u8]) -> String {
@@ -418,4 +434,16 @@ async fn expire_sessions_ends_a_session_after_its_token_at_a_boundary() {
     let text = format!("{err:?}");
     assert!(text.contains("token expired") || err.is_closed(), "{text}");
     assert!(s.proxy.logs().contains("its token expired (expire_sessions)"), "{}", s.proxy.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_username_claim() {
+    let s = Setup::new("username_claim = \"realm_access.role\"\nmatch_startup_user = false");
+    // The identity comes from the nested claim, whatever sub says.
+    let token = s.token("someone@example.com", json!({"realm_access": {"role": s.role_b}}));
+    let c = s.connect("anyname", &token).await.unwrap_or_else(|e| panic!("{e:?}\n{}", s.proxy.logs()));
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_b);
+    let (code, msg) = s.refused("anyname", &s.token("x", json!({"realm_access": {"role": 7}}))).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("claim \"realm_access.role\" is not a string"), "{msg}");
 }

@@ -417,7 +417,9 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
                 if contains_ci(w, b"set_config") {
                     set_config = true;
                 }
-                if word_is(w, b"do") && !matches!(toks.peek(), Some(Some(Tok::Word(n))) if word_is(n, b"nothing")) {
+                if word_is(w, b"do")
+                    && !matches!(toks.peek(), Some(Some(Tok::Word(n))) if word_is(n, b"nothing"))
+                {
                     return Some("DO");
                 }
                 if word_is(w, b"u") && matches!(toks.peek(), Some(Some(Tok::Punct(b'&')))) {
