@@ -447,3 +447,30 @@ async fn a_custom_username_claim() {
     assert_eq!(code, "28000", "{msg}");
     assert!(msg.contains("claim \"realm_access.role\" is not a string"), "{msg}");
 }
+
+#[test]
+fn a_superuser_authenticator_stops_start_up() {
+    let pg = PgServer::shared();
+    let auth = unique_name("pgwsuper");
+    pg.exec(&format!("CREATE ROLE {auth} LOGIN SUPERUSER PASSWORD '{AUTH_PASSWORD}'"));
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("public.pem");
+    let key = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
+    std::fs::write(&pem, key.public_pem()).unwrap();
+    let cfg = config(
+        pg,
+        &format!(
+            "[jwt]\npublic_key_file = {:?}\nrequire_tls = false\nserver_user = \"{auth}\"\n\
+             server_password = \"{AUTH_PASSWORD}\"\nauto_provision = true\n",
+            path_str(&pem)
+        ),
+    );
+    let err = match Proxy::try_start(&cfg) {
+        Ok(mut p) => {
+            p.stop();
+            panic!("pgwarden started with a superuser authenticator")
+        }
+        Err(e) => e,
+    };
+    assert!(err.contains("refusing to start") && err.contains("superuser"), "{err}");
+}

@@ -202,6 +202,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = check_authenticator_at_start(&shared) {
+        log::error!("{e}");
+        return ExitCode::FAILURE;
+    }
     for u in &config.users {
         if u.auth_method == pgwarden::config::AuthMethod::Trust {
             log::warn!("user \"{}\" logs in without a password (auth = \"trust\")", u.name);
@@ -222,4 +226,45 @@ fn run(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With `[jwt] identity = "set_role"`: logs in as the server user once per
+/// database and refuses to start if it is a superuser (unless allowed).
+/// A database that cannot be reached is checked later, on each new server
+/// connection, so pgwarden may start before Postgres.
+fn check_authenticator_at_start(shared: &Arc<pgwarden::session::ctx::Shared>) -> Result<(), String> {
+    use pgwarden::config::Identity;
+    use pgwarden::session::server::{ServerConn, ServerLogin};
+    let Some(jwt) = shared.config.jwt.as_ref() else { return Ok(()) };
+    let (Identity::SetRole, Some(user)) = (jwt.identity, jwt.server_user.clone()) else { return Ok(()) };
+    let timeout = std::time::Duration::from_millis(shared.config.general.server_connect_timeout_ms);
+    pgwarden::shard::block_on(async {
+        for (name, db) in &shared.databases {
+            let login = ServerLogin {
+                addr: db.addr,
+                target: db.target,
+                database: db.database_name.clone(),
+                user: user.clone(),
+                password: jwt.server_password.as_deref().map(pgwarden::auth::Secret::parse),
+                role: None,
+                read_only: false,
+                scram_keys: None,
+                connect_timeout: timeout,
+            };
+            let mut conn = match ServerConn::connect(&login, 1).await {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!(
+                        "could not check jwt.server_user \"{user}\" on database \"{name}\" at start-up ({e}); \
+                         it is checked on each new server connection"
+                    );
+                    continue;
+                }
+            };
+            if let Err(e) = pgwarden::session::ctx::check_authenticator(shared, &mut conn, &user).await {
+                return Err(format!("refusing to start: {e}"));
+            }
+        }
+        Ok(())
+    })?
 }

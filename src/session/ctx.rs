@@ -480,44 +480,8 @@ impl ShardCtx {
         }
     }
 
-    /// On a new `set_role` connection: refuses a superuser authenticator
-    /// (unless `allow_superuser_server_user`), warns once if it has INHERIT
-    /// or owns objects. One query per new server connection, never per
-    /// transaction.
     async fn check_authenticator(&self, conn: &mut ServerConn, user: &str) -> Result<(), SessionError> {
-        let sql = "SELECT r.rolsuper::text || ',' || r.rolinherit::text || ',' || \
-                   (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relowner = r.oid)::text \
-                   FROM pg_catalog.pg_roles r WHERE r.rolname = session_user";
-        let value = match conn.query_value(sql).await? {
-            Ok(Some(v)) => v,
-            Ok(None) => String::new(),
-            Err(e) => return Err(SessionError::ServerRefused(e)),
-        };
-        let mut parts = value.split(',');
-        let (superuser, inherit, owned) =
-            (parts.next() == Some("true"), parts.next() == Some("true"), parts.next());
-        let allow = self.shared.config.jwt.as_ref().is_some_and(|j| j.allow_superuser_server_user);
-        if superuser && !allow {
-            log::error!(
-                "jwt.server_user \"{user}\" is a superuser: refusing JWT logins through it (a superuser can \
-                 take any role); use a NOSUPERUSER authenticator, or set allow_superuser_server_user = true"
-            );
-            return Err(SessionError::Refused {
-                sqlstate: "28000",
-                message: "pgwarden refuses JWT logins: its server user is a superuser (see the pgwarden log)"
-                    .into(),
-            });
-        }
-        let owns = owned.is_some_and(|n| n != "0");
-        if (inherit || owns) && !self.shared.authenticator_warned.swap(true, Ordering::AcqRel) {
-            log::warn!(
-                "jwt.server_user \"{user}\"{}{}: make it NOINHERIT and let it own nothing, so that only the \
-                 token's role acts",
-                if inherit { " has INHERIT" } else { "" },
-                if owns { " owns objects" } else { "" }
-            );
-        }
-        Ok(())
+        check_authenticator(&self.shared, conn, user).await
     }
 
     /// Returns a clean connection to pool `idx` and wakes the next waiter.
@@ -705,4 +669,48 @@ impl Future for ShutdownSignal<'_> {
         }
         Poll::Pending
     }
+}
+
+/// On a new `set_role` connection (and once at start-up): refuses a superuser authenticator
+/// (unless `allow_superuser_server_user`), warns once if it has INHERIT
+/// or owns objects. One query per new server connection, never per
+/// transaction.
+pub async fn check_authenticator(
+    shared: &Shared,
+    conn: &mut ServerConn,
+    user: &str,
+) -> Result<(), SessionError> {
+    let sql = "SELECT r.rolsuper::text || ',' || r.rolinherit::text || ',' || \
+               (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relowner = r.oid)::text \
+               FROM pg_catalog.pg_roles r WHERE r.rolname = session_user";
+    let value = match conn.query_value(sql).await? {
+        Ok(Some(v)) => v,
+        Ok(None) => String::new(),
+        Err(e) => return Err(SessionError::ServerRefused(e)),
+    };
+    let mut parts = value.split(',');
+    let (superuser, inherit, owned) =
+        (parts.next() == Some("true"), parts.next() == Some("true"), parts.next());
+    let allow = shared.config.jwt.as_ref().is_some_and(|j| j.allow_superuser_server_user);
+    if superuser && !allow {
+        log::error!(
+            "jwt.server_user \"{user}\" is a superuser: refusing JWT logins through it (a superuser can \
+             take any role); use a NOSUPERUSER authenticator, or set allow_superuser_server_user = true"
+        );
+        return Err(SessionError::Refused {
+            sqlstate: "28000",
+            message: "pgwarden refuses JWT logins: its server user is a superuser (see the pgwarden log)"
+                .into(),
+        });
+    }
+    let owns = owned.is_some_and(|n| n != "0");
+    if (inherit || owns) && !shared.authenticator_warned.swap(true, Ordering::AcqRel) {
+        log::warn!(
+            "jwt.server_user \"{user}\"{}{}: make it NOINHERIT and let it own nothing, so that only the \
+             token's role acts",
+            if inherit { " has INHERIT" } else { "" },
+            if owns { " owns objects" } else { "" }
+        );
+    }
+    Ok(())
 }

@@ -100,6 +100,13 @@ fn run_shard(
     });
 }
 
+/// Runs `fut` to completion on a temporary runtime on this thread (start-up
+/// checks, before the shards start).
+pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, String> {
+    let mut rt = build_runtime()?;
+    Ok(rt.block_on(fut))
+}
+
 /// Builds the shard's io_uring runtime, saying what to change if the kernel
 /// refuses.
 fn build_runtime() -> Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>, String> {
