@@ -66,6 +66,12 @@ fn main() {
         ),
         ("SET ROLE (refused)", b"SET ROLE postgres"),
     ];
+    // The grammar's second look, only at statements the lexer flagged
+    // (verdicts are then cached per shard by statement text).
+    let flagged = "UPDATE users SET role = 'admin' WHERE id = 42";
+    bench("grammar check of a flagged statement (pg_query parse)", scale(100_000), || {
+        black_box(pgwarden::sql::grammar::role_change_cleared(black_box(flagged)));
+    });
     for (name, sql) in statements {
         bench(&format!("inspect role change: {name}"), scale(5_000_000), || {
             black_box(pgwarden::sql::may_change_role(black_box(sql)));

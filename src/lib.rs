@@ -9,7 +9,7 @@
 //! | [`auth`] | SCRAM-SHA-256, md5, cleartext verification, JWT keys and validation | no |
 //! | [`config`] | TOML -> validated config, every error with its key path | no (file read only) |
 //! | [`pool`] | pool slices, the global cap, checkout/release decisions | no |
-//! | [`sql`] | lexer-level statement recognition (PREPARE/EXECUTE/DEALLOCATE) | no |
+//! | [`sql`] | statement inspection: a lexer, then pg_query for what it flags | no |
 //! | [`session`] | startup, authentication, the relay loop, response tracking | yes, through `net` |
 //! | [`net`] | sockets, owned-buffer io_uring reads and writes | yes |
 //! | [`shard`] | one pinned io_uring executor per core, accept loops | yes |

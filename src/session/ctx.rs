@@ -29,6 +29,16 @@ const POOL_RECHECK: Duration = Duration::from_millis(10);
 /// socket before it is lent out.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(5);
 
+/// Statements whose grammar verdict a shard keeps.
+pub const GRAMMAR_CACHE_ENTRIES: usize = 4096;
+
+/// Which refusal a statement's grammar check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    RoleChange,
+    Write,
+}
+
 /// What a pool is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PoolKey {
@@ -311,6 +321,9 @@ pub struct ShardCtx {
     slices: RefCell<Vec<Option<PoolSlice<ServerConn>>>>,
     /// Tokens this shard verified.
     pub tokens: RefCell<crate::session::jwt::TokenCache>,
+    /// Verdicts of the grammar check on statements the lexer flagged, by
+    /// statement text (see [`ShardCtx::grammar_clears`]).
+    grammar: RefCell<HashMap<(Check, u64), bool>>,
     /// This shard's reference to the published key set, with its version.
     keys: RefCell<Option<(u64, Arc<crate::auth::jwt::KeySet>)>>,
     pub registry: RefCell<Registry>,
@@ -332,6 +345,7 @@ impl ShardCtx {
             slices: RefCell::new((0..n).map(|_| None).collect()),
             tokens: RefCell::new(Default::default()),
             keys: RefCell::new(None),
+            grammar: RefCell::new(HashMap::new()),
             registry: RefCell::new(Registry::default()),
             waiters: RefCell::new(HashMap::new()),
             woken: RefCell::new(HashSet::new()),
@@ -345,6 +359,30 @@ impl ShardCtx {
     pub fn next_id(&self) -> u64 {
         self.next_id.set(self.next_id.get() + 1);
         self.next_id.get()
+    }
+
+    /// Whether the real grammar clears a statement the lexer flagged for
+    /// `check` (see `sql::grammar`). Parsing costs microseconds, so verdicts
+    /// are kept per shard by statement text, at most
+    /// [`GRAMMAR_CACHE_ENTRIES`] (then the cache starts over).
+    pub fn grammar_clears(&self, check: Check, text: &[u8]) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        let key = (check, h.finish());
+        if let Some(&v) = self.grammar.borrow().get(&key) {
+            return v;
+        }
+        let verdict = std::str::from_utf8(text).is_ok_and(|t| match check {
+            Check::RoleChange => crate::sql::grammar::role_change_cleared(t),
+            Check::Write => crate::sql::grammar::write_cleared(t),
+        });
+        let mut cache = self.grammar.borrow_mut();
+        if cache.len() >= GRAMMAR_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, verdict);
+        verdict
     }
 
     /// The current JWT key set: one atomic load, and the store's lock only

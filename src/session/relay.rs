@@ -26,6 +26,7 @@ use crate::protocol::backend;
 use crate::protocol::frame::{self, Reader, Writer, HEADER_LEN};
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::ProtocolError;
+use crate::session::ctx::Check;
 use crate::session::ctx::ShardCtx;
 use crate::session::flow::{Expect, Fake, Flow, Undo, Verdict};
 use crate::session::login::{self, Session};
@@ -786,15 +787,20 @@ impl Relay {
     fn refusal(&self, text: &[u8]) -> Option<(&'static str, String)> {
         if self.session.read_only {
             if let Some(what) = crate::sql::may_write(text) {
-                return Some((
-                    "25006",
-                    format!(
-                        "statement refused: this session is read-only, and the statement contains {what}"
-                    ),
-                ));
+                if !self.ctx.grammar_clears(Check::Write, text) {
+                    return Some((
+                        "25006",
+                        format!(
+                            "statement refused: this session is read-only, and the statement contains {what}"
+                        ),
+                    ));
+                }
             }
         }
-        if self.session.role_locked && crate::sql::may_change_role(text) {
+        if self.session.role_locked
+            && crate::sql::may_change_role(text)
+            && !self.ctx.grammar_clears(Check::RoleChange, text)
+        {
             return Some(("42501", ROLE_REFUSAL.to_string()));
         }
         None

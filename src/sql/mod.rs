@@ -1,8 +1,10 @@
-//! Statement inspection that needs no parser: a small lexer over SQL text
+//! Statement inspection, first with a small lexer over SQL text
 //! (quotes, dollar quotes, comments, identifiers), enough to recognise a
 //! single `PREPARE name ...`, `EXECUTE name ...` or `DEALLOCATE name`
 //! statement. Pure; anything it is unsure about is `None`, and callers then
 //! leave the statement alone.
+
+pub mod grammar;
 
 /// A reference to an SQL-level prepared statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
