@@ -224,7 +224,7 @@ async fn starts_with_the_provider_down_and_recovers() {
     let s = Setup::new(pki, &server);
     let err = s.login(&k1, "k1").await.unwrap_err();
     assert!(err.contains("unknown signing key"), "{err}");
-    assert!(s.proxy.logs().contains("fetch failed"), "{}", s.proxy.logs());
+    assert!(s.proxy.log_shows("fetch failed"), "{}", s.proxy.logs());
     server.set_down(false);
     // The retry schedule (5 s, then doubling) picks the keys up.
     eventually(&s, &k1, "k1", 30).await.unwrap_or_else(|e| panic!("{e}\n{}", s.proxy.logs()));

@@ -38,6 +38,11 @@ fn now() -> u64 {
 
 impl Setup {
     fn new(extra_jwt: &str) -> Setup {
+        Setup::with_general("", extra_jwt)
+    }
+
+    /// `general`: extra `[general]` lines.
+    fn with_general(general: &str, extra_jwt: &str) -> Setup {
         let pg = PgServer::shared();
         let prefix = unique_name("pgwjwt");
         let authenticator = format!("{prefix}_auth");
@@ -60,7 +65,7 @@ impl Setup {
         let cfg = config(
             pg,
             &format!(
-                "workers = 1\n[jwt]\npublic_key_file = {:?}\nrequire_tls = false\nserver_user = \"{authenticator}\"\n\
+                "workers = 1\n{general}\n[jwt]\npublic_key_file = {:?}\nrequire_tls = false\nserver_user = \"{authenticator}\"\n\
                  server_password = \"{AUTH_PASSWORD}\"\nauto_provision = true\nallowed_roles = [\"{prefix}_*\"]\n\
                  audience = \"pgwarden\"\nissuer = \"https://idp.test\"\n{extra_jwt}\n",
                 path_str(&pem_path)
@@ -158,7 +163,7 @@ async fn token_logs_in_as_its_role_and_data_round_trips() {
     let again = s.connect(&s.role_a, &s.token(&s.role_a, json!({"iat": now(), "jti": "2"}))).await.unwrap();
     assert_eq!(one(&again, "SELECT current_user").await, s.role_a);
     let logs = s.proxy.logs();
-    assert!(logs.contains("provisioned a pool for JWT role"), "{logs}");
+    assert!(s.proxy.log_shows("provisioned a pool for JWT role"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +224,7 @@ async fn bad_tokens_are_refused_with_the_reason() {
     assert!(message.contains("empty password"), "{message}");
     let logs = s.proxy.logs();
     assert!(!logs.contains(&good[..40]), "a token reached the log");
-    assert!(logs.contains("refused (kid \"test-key\""), "refusals are logged with the kid: {logs}");
+    assert!(s.proxy.log_shows("refused (kid \"test-key\""), "refusals are logged with the kid: {logs}");
 }
 
 fn good_claims(sub: &str) -> Value {
@@ -385,7 +390,7 @@ async fn read_only_tokens_can_read_and_never_write() {
     let after = c.simple_query("SELECT 1").await;
     assert!(res.is_err() || after.is_err(), "the session survived read-only being turned off");
     let logs = s.proxy.logs();
-    assert!(logs.contains("got default_transaction_read_only = off"), "{logs}");
+    assert!(s.proxy.log_shows("got default_transaction_read_only = off"), "{logs}");
     // A read-only login cannot ask for read-write in its startup packet.
     let mut cfg = s.proxy.tokio_config(&s.role_a, &token, APP_DB);
     cfg.options("-c default_transaction_read_only=off");
@@ -400,12 +405,12 @@ async fn a_superuser_authenticator_is_refused_unless_allowed() {
     let (code, msg) = s.refused(&s.role_a, &s.token(&s.role_a, json!({}))).await;
     assert_eq!(code, "28000", "{msg}");
     assert!(msg.contains("server user is a superuser"), "{msg}");
-    assert!(s.proxy.logs().contains("allow_superuser_server_user"), "{}", s.proxy.logs());
+    assert!(s.proxy.log_shows("allow_superuser_server_user"), "{}", s.proxy.logs());
     let allowed = Setup::new("allow_superuser_server_user = true");
     allowed.pg.exec(&format!("ALTER ROLE {} SUPERUSER INHERIT", allowed.authenticator));
     let c = allowed.login(&allowed.role_a).await;
     assert_eq!(one(&c, "SELECT current_user").await, allowed.role_a);
-    assert!(allowed.proxy.logs().contains("has INHERIT"), "{}", allowed.proxy.logs());
+    assert!(allowed.proxy.log_shows("has INHERIT"), "{}", allowed.proxy.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +445,7 @@ async fn expire_sessions_ends_a_session_after_its_token_at_a_boundary() {
     let err = c.simple_query("SELECT 1").await.unwrap_err();
     let text = format!("{err:?}");
     assert!(text.contains("token expired") || err.is_closed(), "{text}");
-    assert!(s.proxy.logs().contains("its token expired (expire_sessions)"), "{}", s.proxy.logs());
+    assert!(s.proxy.log_shows("its token expired (expire_sessions)"), "{}", s.proxy.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,4 +485,31 @@ fn a_superuser_authenticator_stops_start_up() {
         Err(e) => e,
     };
     assert!(err.contains("refusing to start") && err.contains("superuser"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_auto_provisioned_pools_make_room_for_new_roles() {
+    let s = Setup::with_general("server_idle_timeout_ms = 300", "max_auto_pools = 1");
+    let a = s.login(&s.role_a).await;
+    assert_eq!(one(&a, "SELECT current_user").await, s.role_a);
+    // The only auto pool is in use: a second role finds no room.
+    let (code, msg) = s.refused(&s.role_b, &s.token(&s.role_b, json!({}))).await;
+    assert_eq!(code, "53300", "{msg}");
+    assert!(msg.contains("max_auto_pools"), "{msg}");
+    // Once its client is gone and its connections idle out, it is reaped.
+    drop(a);
+    let start = std::time::Instant::now();
+    loop {
+        match s.connect(&s.role_b, &s.token(&s.role_b, json!({}))).await {
+            Ok(b) => {
+                assert_eq!(one(&b, "SELECT current_user").await, s.role_b);
+                break;
+            }
+            Err(e) if start.elapsed() > std::time::Duration::from_secs(20) => {
+                panic!("{e:?}\n{}", s.proxy.logs())
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    assert!(s.proxy.log_shows("reaped 1 idle auto-provisioned pools"), "{}", s.proxy.logs());
 }

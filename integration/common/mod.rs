@@ -760,6 +760,21 @@ impl Proxy {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Whether the log shows `needle` within 10 s (the log is read by a
+    /// thread: a line can lag behind the event that wrote it).
+    pub fn log_shows(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits (up to 60 s) for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.stop_within(Duration::from_secs(60))

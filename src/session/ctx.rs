@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -57,6 +57,10 @@ pub struct PoolDef {
     pub mode: PoolMode,
     pub shared: Arc<PoolShared>,
     pub login: ServerLogin,
+    /// Made by `jwt.auto_provision` (counted against `max_auto_pools`).
+    pub auto: bool,
+    /// Clients logged in with this pool, across shards.
+    pub sessions: AtomicUsize,
 }
 
 /// Every pool, static and provisioned. Only logins and a new server
@@ -73,6 +77,27 @@ struct PoolTableInner {
     index: HashMap<PoolKey, usize>,
     /// Pools made by `jwt.auto_provision`.
     auto: usize,
+}
+
+impl PoolTableInner {
+    /// Forgets auto-provisioned pools with no client and no server
+    /// connection left (idle connections go at `server_idle_timeout_ms`),
+    /// so that new roles find room under `max_auto_pools`. A forgotten
+    /// pool's slot stays in `defs` (indexes are never reused): a login that
+    /// looked it up just before still works with it.
+    fn reap_auto(&mut self) {
+        let defs = &self.defs;
+        let before = self.index.len();
+        self.index.retain(|_, &mut idx| {
+            let d = &defs[idx];
+            !(d.auto && d.sessions.load(Ordering::Acquire) == 0 && d.shared.open() == 0)
+        });
+        let reaped = before - self.index.len();
+        if reaped > 0 {
+            self.auto -= reaped;
+            log::info!("reaped {reaped} idle auto-provisioned pools");
+        }
+    }
 }
 
 impl PoolTable {
@@ -118,6 +143,9 @@ impl PoolTable {
             return Ok(idx);
         }
         if auto {
+            if t.auto >= max_auto {
+                t.reap_auto();
+            }
             if t.auto >= max_auto {
                 return Err(format!(
                     "no pool can be provisioned: max_auto_pools ({max_auto}) pools exist already; \
@@ -207,6 +235,8 @@ impl Shared {
                         mode: config.pool_mode(user),
                         shared: Arc::new(PoolShared::new(config.pool_size(user), shards)),
                         login,
+                        auto: false,
+                        sessions: AtomicUsize::new(0),
                     },
                 );
             }
@@ -298,6 +328,8 @@ impl Shared {
                 scram_keys: None,
                 connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
             },
+            auto: listed.is_none(),
+            sessions: AtomicUsize::new(0),
         };
         let idx = self
             .pools
@@ -399,6 +431,15 @@ impl ShardCtx {
                 Some(keys)
             }
         }
+    }
+
+    /// A client logged in with pool `idx` (counted until [`Self::session_ended`]).
+    pub fn session_started(&self, idx: usize) {
+        self.def(idx).sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn session_ended(&self, idx: usize) {
+        self.def(idx).sessions.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The definition of pool `idx` (a valid index from the pool table).

@@ -343,6 +343,7 @@ async fn login(
         return Err(e);
     }
     let server = lease.take();
+    ctx.session_started(pool);
     let session = Session { user, database, pool, params, pid, cancel, role_locked, read_only, expires_at };
     let mode = ctx.def(pool).mode;
     if mode == crate::config::PoolMode::Transaction {

@@ -207,11 +207,13 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
                 session.user,
                 session.database
             );
-            let (user, db, pid) = (session.user.clone(), session.database.clone(), session.pid);
+            let (user, db, pid, pool) =
+                (session.user.clone(), session.database.clone(), session.pid, session.pool);
             let ClientConn { rd, wr, buf, tls, cipher, .. } = conn;
             let relay = Relay::new(ctx.clone(), session, server, buf, tls, cipher);
             let Finish { end, wr, mut tls, pending } = relay.run(rd, wr).await;
             ctx.shared.cancel.unregister(pid);
+            ctx.session_ended(pool);
             match end {
                 End::ClientLeft => {}
                 End::Shutdown => {
