@@ -417,8 +417,8 @@ impl ShardCtx {
         verdict
     }
 
-    /// The current JWT key set: one atomic load, and the store's lock only
-    /// when the control thread published a new set since the last call.
+    /// The current JWT key set: one atomic load, and a lock-free load of the
+    /// new set when the control thread published one since the last call.
     pub fn jwt_keys(&self) -> Option<Arc<crate::auth::jwt::KeySet>> {
         let store = &self.shared.jwt.as_ref()?.store;
         let version = store.version();

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::jwt::{self, JwtError, KeySet, Policy, RoleRules, Verified, VerifyingKey};
@@ -15,11 +17,11 @@ use crate::config::{Config, Jwt};
 pub const TOKEN_CACHE_ENTRIES: usize = 10_000;
 
 /// The current key set, published by the control thread (read-copy
-/// update): a shard reads one atomic version per login and takes the lock
-/// only to pick up a new set, never while a fetch runs.
+/// update): a shard reads one atomic version per login and, when it changed,
+/// loads the new set without a lock (`ArcSwap`).
 pub struct KeyStore {
     version: AtomicU64,
-    current: Mutex<Arc<KeySet>>,
+    current: ArcSwap<KeySet>,
     /// Keys from public_key_file and jwks_file, always part of the set.
     pub static_keys: Vec<VerifyingKey>,
     /// Whether a jwks_url exists (only then can a refresh help).
@@ -40,7 +42,7 @@ impl KeyStore {
         let (set, _) = KeySet::new(static_keys.clone());
         KeyStore {
             version: AtomicU64::new(1),
-            current: Mutex::new(Arc::new(set)),
+            current: ArcSwap::from_pointee(set),
             static_keys,
             has_url,
             next_forced_ms: AtomicU64::new(0),
@@ -57,12 +59,12 @@ impl KeyStore {
     }
 
     pub fn load(&self) -> Arc<KeySet> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current.load_full()
     }
 
     /// Replaces the key set (control thread).
     pub fn publish(&self, keys: KeySet) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.current.store(Arc::new(keys));
         self.version.fetch_add(1, Ordering::AcqRel);
     }
 
