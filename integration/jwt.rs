@@ -513,3 +513,20 @@ async fn idle_auto_provisioned_pools_make_room_for_new_roles() {
     }
     assert!(s.proxy.log_shows("reaped 1 idle auto-provisioned pools"), "{}", s.proxy.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_suffix_marks_jwt_logins() {
+    let s = Setup::new("user_suffix = \"@jwt\"");
+    // "<identity>@jwt" is a JWT login for that identity.
+    let token = s.token(&s.role_a, json!({}));
+    let c = s.connect(&format!("{}@jwt", s.role_a), &token).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
+    // Without the suffix, the same name is not a JWT login (and not a
+    // configured user either): refused like an unknown user.
+    let err = s.connect(&s.role_a, &token).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err:?}");
+    // The suffix on a token for someone else does not help.
+    let (code, msg) = s.refused(&format!("{}@jwt", s.role_b), &token).await;
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("followed by \"@jwt\""), "{msg}");
+}
