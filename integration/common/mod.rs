@@ -419,6 +419,56 @@ impl PgServer {
         panic!("could not start Postgres: {last_failure}");
     }
 
+    /// Starts a streaming replica of this server (`pg_basebackup -R` over
+    /// the trusted socket), on its own port, and waits until it is in
+    /// recovery. Dropped: stopped and removed.
+    pub fn start_replica(&self) -> PgServer {
+        let root = new_temp_dir("pgwarden-it-replica");
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid)).expect("chown temp dir");
+        }
+        let data = root.join("data");
+        let mut cmd = pg_command(&self.bin, "pg_basebackup", self.as_postgres);
+        cmd.arg("-h")
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "-D"])
+            .arg(&data);
+        let backup = run(cmd, None, Duration::from_secs(120));
+        assert!(backup.success(), "pg_basebackup failed: {backup}");
+        let port = free_port();
+        // -R wrote primary_conninfo into postgresql.auto.conf: append to it.
+        let auto = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+        conf.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            root.display()
+        ));
+        std::fs::write(&auto, conf).expect("write replica postgresql.auto.conf");
+        let replica = PgServer { root, data, bin: self.bin.clone(), port, as_postgres: self.as_postgres };
+        replica.start_again();
+        replica
+    }
+
+    /// Starts a stopped cluster again (a replica after [`PgServer::stop`]).
+    pub fn start_again(&self) {
+        let mut cmd = pg_command(&self.bin, "pg_ctl", self.as_postgres);
+        cmd.args(["start", "-w", "-t", "60", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.root.join("postgres.log"));
+        let started = run(cmd, None, Duration::from_secs(90));
+        assert!(started.success(), "pg_ctl start failed: {started}\n{}", self.log());
+    }
+
+    /// Promotes a replica to a primary and waits until it is out of recovery.
+    pub fn promote(&self) {
+        let mut cmd = pg_command(&self.bin, "pg_ctl", self.as_postgres);
+        cmd.args(["promote", "-w", "-t", "60", "-D"]).arg(&self.data);
+        let out = run(cmd, None, Duration::from_secs(90));
+        assert!(out.success(), "pg_ctl promote failed: {out}");
+    }
+
     fn create_fixtures(&self) {
         self.psql_in(
             "postgres",
