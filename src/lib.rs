@@ -8,6 +8,7 @@
 //! | [`protocol`] | the v3 wire codec over byte slices | no |
 //! | [`auth`] | SCRAM-SHA-256, md5, cleartext verification, JWT keys and validation | no |
 //! | [`config`] | TOML -> validated config, every error with its key path | no (file read only) |
+//! | [`route`] | host health (bans, promotion) and replica choice, for primary/replica routing | no |
 //! | [`pool`] | pool slices, the global cap, checkout/release decisions | no |
 //! | [`sql`] | statement inspection: a lexer, then pg_query for what it flags | no |
 //! | [`session`] | startup, authentication, the relay loop, response tracking | yes, through `net` |
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod net;
 pub mod pool;
 pub mod protocol;
+pub mod route;
 pub mod session;
 pub mod shard;
 pub mod sql;

@@ -1,0 +1,184 @@
+//! Which host serves a transaction: host health (bans) and the choice
+//! among healthy replicas. Pure: times and check results come in as
+//! arguments; the control thread runs the checks and publishes the
+//! resulting [`Health`] to the shards.
+//!
+//! Built for issue 4 (primary and replicas); the session layer does not use
+//! it yet.
+
+use std::time::{Duration, Instant};
+
+/// What a host is, as configured or as last observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRole {
+    Primary,
+    Replica,
+}
+
+/// One health check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Reached; `in_recovery` from `pg_is_in_recovery()`, `lag` the replay
+    /// lag (None on a primary, or when unknown).
+    Up { in_recovery: bool, lag: Option<Duration> },
+    /// Could not connect or query within the timeout.
+    Down,
+}
+
+/// Why a host is banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanReason {
+    Unreachable,
+    Lagging(Duration),
+}
+
+/// A host's health as the shards see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The role observed last (a promoted replica becomes a primary).
+    pub role: HostRole,
+    /// Banned until this instant: no new transactions.
+    pub banned_until: Option<(Instant, BanReason)>,
+}
+
+impl Health {
+    pub fn new(role: HostRole) -> Health {
+        Health { role, banned_until: None }
+    }
+
+    pub fn usable(&self, now: Instant) -> bool {
+        self.banned_until.is_none_or(|(until, _)| now >= until)
+    }
+}
+
+/// What changed with a check, for the log (every ban and unban is logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Banned(BanReason),
+    Unbanned,
+    Promoted,
+}
+
+/// Applies a check to `h`: a host that is down, or a replica lagging more
+/// than `max_lag`, is banned for `ban_time`; a host that is up again and
+/// whose ban ran out is unbanned; a replica no longer in recovery is a
+/// primary from now on (never again treated as read-only).
+pub fn apply(
+    h: &mut Health,
+    check: Check,
+    now: Instant,
+    max_lag: Duration,
+    ban_time: Duration,
+) -> Transition {
+    match check {
+        Check::Down => {
+            let was_usable = h.usable(now);
+            h.banned_until = Some((now + ban_time, BanReason::Unreachable));
+            if was_usable {
+                Transition::Banned(BanReason::Unreachable)
+            } else {
+                Transition::None
+            }
+        }
+        Check::Up { in_recovery, lag } => {
+            if h.role == HostRole::Replica && !in_recovery {
+                h.role = HostRole::Primary;
+                h.banned_until = None;
+                return Transition::Promoted;
+            }
+            if h.role == HostRole::Replica {
+                if let Some(lag) = lag.filter(|l| *l > max_lag) {
+                    let was_usable = h.usable(now);
+                    h.banned_until = Some((now + ban_time, BanReason::Lagging(lag)));
+                    return if was_usable {
+                        Transition::Banned(BanReason::Lagging(lag))
+                    } else {
+                        Transition::None
+                    };
+                }
+            }
+            match h.banned_until {
+                Some((until, _)) if now >= until => {
+                    h.banned_until = None;
+                    Transition::Unbanned
+                }
+                _ => Transition::None,
+            }
+        }
+    }
+}
+
+/// Round-robin choice among usable replicas; `cursor` is the caller's
+/// (per-shard) position. Returns an index into `hosts`.
+pub fn next_replica(hosts: &[Health], cursor: &mut usize, now: Instant) -> Option<usize> {
+    let n = hosts.len();
+    for step in 0..n {
+        let i = (*cursor + step) % n;
+        if hosts[i].role == HostRole::Replica && hosts[i].usable(now) {
+            *cursor = (i + 1) % n;
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAG: Duration = Duration::from_secs(1);
+    const BAN: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn down_bans_and_up_after_the_ban_unbans() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HostRole::Replica);
+        assert_eq!(apply(&mut h, Check::Down, t0, LAG, BAN), Transition::Banned(BanReason::Unreachable));
+        assert!(!h.usable(t0 + Duration::from_secs(5)));
+        // Still down: the ban is extended, not logged again.
+        assert_eq!(apply(&mut h, Check::Down, t0 + Duration::from_secs(5), LAG, BAN), Transition::None);
+        let up = Check::Up { in_recovery: true, lag: Some(Duration::ZERO) };
+        assert_eq!(apply(&mut h, up, t0 + Duration::from_secs(6), LAG, BAN), Transition::None);
+        assert_eq!(apply(&mut h, up, t0 + Duration::from_secs(16), LAG, BAN), Transition::Unbanned);
+        assert!(h.usable(t0 + Duration::from_secs(16)));
+    }
+
+    #[test]
+    fn lag_bans_a_replica_and_promotion_makes_a_primary() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HostRole::Replica);
+        let lagging = Check::Up { in_recovery: true, lag: Some(Duration::from_secs(3)) };
+        assert_eq!(
+            apply(&mut h, lagging, t0, LAG, BAN),
+            Transition::Banned(BanReason::Lagging(Duration::from_secs(3)))
+        );
+        assert!(!h.usable(t0));
+        let promoted = Check::Up { in_recovery: false, lag: None };
+        assert_eq!(apply(&mut h, promoted, t0 + Duration::from_secs(1), LAG, BAN), Transition::Promoted);
+        assert_eq!(h.role, HostRole::Primary);
+        assert!(h.usable(t0 + Duration::from_secs(1)));
+        // A primary's lag is never a reason to ban it.
+        let mut p = Health::new(HostRole::Primary);
+        assert_eq!(apply(&mut p, lagging, t0, LAG, BAN), Transition::None);
+    }
+
+    #[test]
+    fn round_robin_skips_banned_hosts_and_primaries() {
+        let t0 = Instant::now();
+        let mut hosts = vec![
+            Health::new(HostRole::Primary),
+            Health::new(HostRole::Replica),
+            Health::new(HostRole::Replica),
+        ];
+        let mut cursor = 0;
+        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(1));
+        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(2));
+        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(1));
+        apply(&mut hosts[1], Check::Down, t0, LAG, BAN);
+        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(2));
+        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(2));
+        apply(&mut hosts[2], Check::Down, t0, LAG, BAN);
+        assert_eq!(next_replica(&hosts, &mut cursor, t0), None);
+    }
+}
