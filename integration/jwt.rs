@@ -285,6 +285,11 @@ async fn role_escapes_are_refused() {
         format!("SELECT 1; SET ROLE {other}"),
         format!("SET LOCAL ROLE {other}"),
         format!("UPDATE pg_settings SET setting = '{other}' WHERE name = 'role'"),
+        // A function made now could change the role later, out of sight.
+        format!("CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE 'SET RO'||'LE {other}'; END$$"),
+        // With it off, backslashes would split strings differently from the lexer.
+        "SET standard_conforming_strings = off".to_string(),
+        format!("SELECT 1 --\rSET ROLE {other}"),
     ];
     for sql in &escapes {
         let err = c.simple_query(sql).await.expect_err(sql);
@@ -295,6 +300,12 @@ async fn role_escapes_are_refused() {
         let err = res.expect_err(sql);
         assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "extended {sql}: {err:?}");
         assert_eq!(one(&c, "SELECT current_user").await, s.role_a, "after extended {sql}");
+    }
+    // The proxy's own cleanup (DISCARD ALL after a temporary table) keeps
+    // the token's role on the connection.
+    c.simple_query("CREATE TEMP TABLE pgw_tmp (a int)").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(one(&c, "SELECT current_user").await, s.role_a);
     }
     // False alarms of the lexer are cleared by the grammar: a column or a
     // string that says "role" is not a role change.

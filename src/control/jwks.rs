@@ -174,7 +174,8 @@ fn run(shared: &Shared, store: &KeyStore, agent: &ureq::Agent, url: &str) {
                 last_good = Some(Instant::now());
                 url_keys_published = true;
                 retry = RETRY_MIN;
-                next = Instant::now() + f.max_age.unwrap_or(ttl);
+                // A provider's max-age may shorten the interval, never lengthen it.
+                next = Instant::now() + f.max_age.map_or(ttl, |a| a.min(ttl));
             }
             Err(e) => {
                 store.attempt_done(false);

@@ -355,7 +355,7 @@ pub struct ShardCtx {
     pub tokens: RefCell<crate::session::jwt::TokenCache>,
     /// Verdicts of the grammar check on statements the lexer flagged, by
     /// statement text (see [`ShardCtx::grammar_clears`]).
-    grammar: RefCell<HashMap<(Check, u64), bool>>,
+    grammar: RefCell<HashMap<(Check, [u8; 32]), bool>>,
     /// This shard's reference to the published key set, with its version.
     keys: RefCell<Option<(u64, Arc<crate::auth::jwt::KeySet>)>>,
     pub registry: RefCell<Registry>,
@@ -398,10 +398,10 @@ impl ShardCtx {
     /// are kept per shard by statement text, at most
     /// [`GRAMMAR_CACHE_ENTRIES`] (then the cache starts over).
     pub fn grammar_clears(&self, check: Check, text: &[u8]) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut h);
-        let key = (check, h.finish());
+        // SHA-256, not a fast hash: a collision with a cleared text would
+        // clear a statement that was never checked.
+        let digest = ring::digest::digest(&ring::digest::SHA256, text);
+        let key = (check, <[u8; 32]>::try_from(digest.as_ref()).expect("SHA-256 is 32 bytes"));
         if let Some(&v) = self.grammar.borrow().get(&key) {
             return v;
         }

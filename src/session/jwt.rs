@@ -122,8 +122,11 @@ impl KeyStore {
     }
 }
 
+/// Milliseconds on a monotonic clock (a wall-clock step must not block or
+/// unblock forced refreshes).
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// What every shard reads to check a token.

@@ -319,6 +319,16 @@ async fn login(
         sqlstate: if e.0.contains("cannot be set") { "42501" } else { "22023" },
         message: e.0,
     })?;
+    if (read_only || role_locked)
+        && params.iter().any(|(k, _)| k == "standard_conforming_strings" || k == "backslash_quote")
+    {
+        return Err(SessionError::Refused {
+            sqlstate: "42501",
+            message: "standard_conforming_strings and backslash_quote cannot be set in a session pgwarden \
+                      inspects"
+                .into(),
+        });
+    }
     if read_only && params.iter().any(|(k, _)| k.contains("transaction_read_only")) {
         return Err(SessionError::Refused {
             sqlstate: "25006",

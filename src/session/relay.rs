@@ -302,7 +302,8 @@ impl Relay {
                             self.c_cipher = cipher;
                             match res {
                                 Ok(false) => self.process_client().await,
-                                Ok(true) => Err(End::ClientLeft),
+                                // What came with the close_notify still counts.
+                                Ok(true) => self.process_client().await.and(Err(End::ClientLeft)),
                                 Err(e) => {
                                     log::info!("shard {}: client TLS error: {}", self.ctx.id, e.0);
                                     Err(End::ClientLeft)
@@ -621,7 +622,9 @@ impl Relay {
         let avail = self.c_in.len() - pos;
         let mut whole = avail >= h.total_len();
         let inspect = self.session.role_locked || self.session.read_only;
-        if inspect && matches!(h.tag, b'Q' | b'P' | b'F') && !self.flow.skipping() {
+        // Inspected even while the server is thought to skip to Sync: that
+        // guess can be wrong, and rewriting an ignored message is harmless.
+        if inspect && matches!(h.tag, b'Q' | b'P' | b'F') {
             if !whole {
                 if h.total_len() > ROLE_INSPECT_MAX {
                     return Err(ProtocolError::TooLarge {
@@ -1160,6 +1163,26 @@ impl Relay {
     fn on_parameter_status(&mut self, body: &[u8]) {
         let server = self.server.as_mut().expect("bound");
         if let Some((name, value)) = server.on_parameter_status(body) {
+            let inspected = self.session.read_only || self.session.role_locked;
+            let tripped = (self.session.role_locked && name == "is_superuser" && value == "on")
+                || (inspected && name == "standard_conforming_strings" && value != "on");
+            if tripped {
+                // Something got past inspection (a function?): end the
+                // session and close the server connection.
+                log::warn!(
+                    "shard {}: session of user \"{}\" got {name} = {value}; closing it",
+                    self.ctx.id,
+                    self.session.user
+                );
+                self.flow.mark_broken();
+                self.violation = Some(SessionError::Refused {
+                    sqlstate: "42501",
+                    message: format!(
+                        "{name} changed to {value} in a session pgwarden inspects; the connection is closed"
+                    ),
+                });
+                return;
+            }
             if self.session.read_only && name == "default_transaction_read_only" && value != "on" {
                 // Something (a function?) turned read-only off: this session
                 // ends, and the server connection is closed, never reused.

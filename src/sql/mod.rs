@@ -63,11 +63,13 @@ impl Lexer<'_> {
     fn skip_blank(&mut self) -> bool {
         loop {
             match self.peek() {
-                Some(c) if c.is_ascii_whitespace() => self.pos += 1,
+                // Postgres's scanner: space, \t, \n, \r, \f, \v.
+                Some(c) if c.is_ascii_whitespace() || c == 0x0b => self.pos += 1,
+                // A `--` comment ends at \n or \r, as in Postgres's scanner.
                 Some(b'-') if self.s.get(self.pos + 1) == Some(&b'-') => {
                     while let Some(c) = self.peek() {
                         self.pos += 1;
-                        if c == b'\n' {
+                        if c == b'\n' || c == b'\r' {
                             break;
                         }
                     }
@@ -195,7 +197,12 @@ impl Lexer<'_> {
     /// are handled conservatively: a backslash skips the next byte, which
     /// can only make an ambiguous text look unterminated (then: None).
     fn skip_quoted(&mut self, q: u8) -> bool {
-        let escapes = q == b'\'' && self.pos > 0 && matches!(self.s[self.pos - 1], b'e' | b'E');
+        // E'...' only when the E starts a token (in `name'x'` the e belongs
+        // to the name and the string is a plain one).
+        let escapes = q == b'\''
+            && self.pos > 0
+            && matches!(self.s[self.pos - 1], b'e' | b'E')
+            && (self.pos < 2 || !(is_ident(self.s[self.pos - 2]) || self.s[self.pos - 2] >= 0x80));
         self.pos += 1;
         loop {
             match self.peek() {
@@ -218,7 +225,8 @@ impl Lexer<'_> {
     fn skip_dollar(&mut self) -> bool {
         let start = self.pos;
         let mut end = start + 1;
-        while matches!(self.s.get(end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_') {
+        // Tag characters as Postgres allows them, bytes >= 0x80 included.
+        while matches!(self.s.get(end), Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c >= 0x80) {
             end += 1;
         }
         if self.s.get(end) != Some(&b'$') || self.s[start + 1..end].first().is_some_and(u8::is_ascii_digit) {
@@ -308,6 +316,16 @@ pub fn may_change_role(text: &[u8]) -> bool {
         let word = &text[start..i];
         if word_is(word, b"role")
             || contains_ci(word, b"authorization")
+            // A function, procedure, trigger or rule created now could
+            // change the role when it runs later, out of sight.
+            || word_is(word, b"function")
+            || word_is(word, b"procedure")
+            || word_is(word, b"trigger")
+            || word_is(word, b"rule")
+            // With it off, backslashes in strings escape quotes: the lexer
+            // and the grammar would no longer split SQL as the server does.
+            || contains_ci(word, b"standard_conforming_strings")
+            || contains_ci(word, b"backslash_quote")
             || contains_ci(word, b"set_config")
             || word_is(word, b"pg_settings")
             || (word_is(word, b"u") && text.get(i) == Some(&b'&'))
@@ -368,9 +386,6 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
     let mut toks = Tokens { lx: Lexer { s: text, pos: 0, quoted_last: false } }.peekable();
     let mut depth = 0i32;
     let mut copy_at: Option<i32> = None;
-    let mut has_params = false;
-    let mut set_config = false;
-    let mut literal_read_only = false;
     // `SHOW transaction_read_only` only reads.
     let mut show = false;
     let mut first = true;
@@ -388,14 +403,12 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
                 first = true;
                 show = false;
             }
-            Tok::Param => has_params = true,
-            Tok::Literal(l) => literal_read_only |= contains_ci(l, b"read_only"),
             Tok::Quoted(w) if !show && contains_ci(w, b"read_only") => {
                 return Some("a change of transaction_read_only")
             }
             // A function may be called by its quoted name: "nextval"(...).
             Tok::Quoted(w) if w == b"nextval" || w == b"setval" => return Some("nextval/setval"),
-            Tok::Quoted(w) if w == b"set_config" => set_config = true,
+            Tok::Quoted(w) if w == b"set_config" => return Some("set_config()"),
             Tok::Word(w) => {
                 if starts && word_is(w, b"show") {
                     show = true;
@@ -417,7 +430,11 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
                     return Some("COPY FROM");
                 }
                 if contains_ci(w, b"set_config") {
-                    set_config = true;
+                    // Its arguments may be computed: never allowed read-only.
+                    return Some("set_config()");
+                }
+                if contains_ci(w, b"standard_conforming_strings") || contains_ci(w, b"backslash_quote") {
+                    return Some("a change of how strings are read");
                 }
                 if word_is(w, b"do")
                     && !matches!(toks.peek(), Some(Some(Tok::Word(n))) if word_is(n, b"nothing"))
@@ -431,10 +448,6 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
             _ => {}
         }
     }
-    // set_config on anything but literals that leave read-only alone.
-    if set_config && (has_params || literal_read_only) {
-        return Some("a change of transaction_read_only");
-    }
     None
 }
 
@@ -443,8 +456,8 @@ enum Tok<'a> {
     Word(&'a [u8]),
     /// A quoted identifier's contents.
     Quoted(&'a [u8]),
-    /// A string literal's contents (dollar-quoted too).
-    Literal(&'a [u8]),
+    /// A string literal (dollar-quoted too): its contents never count.
+    Literal,
     /// `$1`.
     Param,
     Punct(u8),
@@ -478,11 +491,10 @@ impl<'a> Iterator for Tokens<'a> {
                     lx.pos = text.len() + 1;
                     return Some(None);
                 }
-                let inner = &text[start + 1..lx.pos - 1];
                 if c == b'"' {
-                    Tok::Quoted(inner)
+                    Tok::Quoted(&text[start + 1..lx.pos - 1])
                 } else {
-                    Tok::Literal(inner)
+                    Tok::Literal
                 }
             }
             b'$' => {
@@ -494,7 +506,7 @@ impl<'a> Iterator for Tokens<'a> {
                 if body.len() > 1 && body[1..].iter().all(u8::is_ascii_digit) {
                     Tok::Param
                 } else {
-                    Tok::Literal(body)
+                    Tok::Literal
                 }
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
@@ -600,11 +612,13 @@ mod tests {
             ("SET default_transaction_read_only = off", "a change of transaction_read_only"),
             ("RESET transaction_read_only", "a change of transaction_read_only"),
             ("SET \"default_transaction_read_only\" TO off", "a change of transaction_read_only"),
-            (
-                "SELECT set_config('default_transaction_read_only', 'off', false)",
-                "a change of transaction_read_only",
-            ),
-            ("SELECT set_config($1, $2, false)", "a change of transaction_read_only"),
+            ("SELECT set_config('default_transaction_read_only', 'off', false)", "set_config()"),
+            ("SELECT set_config($1, $2, false)", "set_config()"),
+            ("SELECT set_config(concat('default_transaction_rea', 'd_only'), 'off', false)", "set_config()"),
+            ("SELECT 1 --\rCOMMIT; BEGIN READ WRITE; DELETE FROM t; COMMIT", "READ WRITE"),
+            ("SELECT name'x\\'; DELETE FROM t; --'", "delete"),
+            ("SELECT $\u{e9}$ x $\u{e9}$; DELETE FROM t", "delete"),
+            ("SET standard_conforming_strings = off", "a change of how strings are read"),
             ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", "insert"),
             ("PREPARE p AS UPDATE t SET a = 1", "update"),
             ("SELECT 1; DELETE FROM t", "delete"),
@@ -612,7 +626,7 @@ mod tests {
             ("SELECT \"nextval\"('s')", "nextval/setval"),
             (
                 "SELECT pg_catalog.\"set_config\"('default_transaction_read_only', 'off', false)",
-                "a change of transaction_read_only",
+                "set_config()",
             ),
         ];
         for (q, why) in writes {
@@ -627,7 +641,6 @@ mod tests {
             "COPY (SELECT * FROM t) TO STDOUT",
             "BEGIN READ ONLY",
             "BEGIN",
-            "SELECT set_config('application_name', 'x', false)",
             "SHOW default_transaction_read_only",
             "EXPLAIN SELECT 1",
             "SELECT \"Update\" FROM t",
@@ -660,6 +673,10 @@ mod tests {
             "SET U&\"r\\006Fle\" = 'x'",
             "ALTER DATABASE app SET role = 'x'",
             "select 1 /* role */",
+            "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE 'SET RO'||'LE x'; END$$",
+            "CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()",
+            "SET standard_conforming_strings = off",
+            "SELECT 1 --\rSET ROLE x",
         ];
         for q in refused {
             assert!(may_change_role(q.as_bytes()), "{q}");

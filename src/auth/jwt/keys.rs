@@ -217,7 +217,10 @@ impl VerifyingKey {
     ) -> Result<VerifyingKey, KeyError> {
         let n = strip_leading_zeros(n);
         let e = strip_leading_zeros(e);
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        let Some(first) = n.first() else {
+            return Err(KeyError("RSA modulus is zero".into()));
+        };
+        let bits = n.len() * 8 - first.leading_zeros() as usize;
         if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
             return Err(KeyError(format!(
                 "RSA modulus of {bits} bits is outside {RSA_MIN_BITS}..={RSA_MAX_BITS}"
