@@ -79,16 +79,19 @@ impl KeyStore {
             return true;
         }
         let now = now_ms();
-        let next = self.next_forced_ms.load(Ordering::Acquire);
-        if now < next
-            || self
-                .next_forced_ms
-                .compare_exchange(next, now + self.cooldown_ms, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return self.in_flight.load(Ordering::Acquire);
+        if now < self.next_forced_ms.load(Ordering::Acquire) {
+            return false;
         }
-        self.in_flight.store(true, Ordering::Release);
+        // One caller wins the right to start it; the others wait for it.
+        if self.in_flight.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return true;
+        }
+        if now < self.next_forced_ms.load(Ordering::Acquire) {
+            // A refresh finished between our two looks: the cooldown holds.
+            self.in_flight.store(false, Ordering::Release);
+            return false;
+        }
+        self.next_forced_ms.store(now + self.cooldown_ms, Ordering::Release);
         let (lock, cv) = &self.wake;
         *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
         cv.notify_all();
@@ -259,5 +262,22 @@ impl TokenCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_refreshes_respect_the_cooldown() {
+        let store = KeyStore::new(Vec::new(), true, 60);
+        assert!(store.request_refresh(), "the first request starts a refresh");
+        assert!(store.request_refresh(), "later ones wait for the one in flight");
+        assert!(store.wait_for_request(std::time::Duration::from_millis(1)));
+        store.attempt_done(true);
+        assert!(!store.request_refresh(), "within the cooldown: no new refresh");
+        let no_url = KeyStore::new(Vec::new(), false, 60);
+        assert!(!no_url.request_refresh());
     }
 }
