@@ -160,12 +160,13 @@ log "initialising pgbench data, scale $SCALE..."
     { cat "$WORK/init.log" >&2; exit 1; }
 psql_su -d "$DB" -c "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO bench_jwt"
 
-# TLS certificate and JWT signing key (used by --jwt; configured always, so
-# the plain targets run against the same configuration).
-mkdir -p "$WORK/certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-    -addext "subjectAltName=IP:127.0.0.1" -keyout "$WORK/certs/server.key" -out "$WORK/certs/server.crt" 2>/dev/null
-"$BIN" keygen --alg ES256 --out "$WORK/keys" >/dev/null
+# TLS certificate and JWT signing key (for --jwt).
+if [[ $JWT -eq 1 ]]; then
+    mkdir -p "$WORK/certs"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+        -addext "subjectAltName=IP:127.0.0.1" -keyout "$WORK/certs/server.key" -out "$WORK/certs/server.crt" 2>/dev/null
+    "$BIN" keygen --alg ES256 --out "$WORK/keys" >/dev/null
+fi
 
 # --- pgwarden ---------------------------------------------------------------
 if [[ $WORKERS == auto ]]; then WORKERS_TOML='"auto"'; else WORKERS_TOML=$WORKERS; fi
@@ -186,6 +187,10 @@ port = $PG_PORT
 [[users]]
 name = "$APP_USER"
 password = "$APP_PASSWORD"
+EOF
+# TLS and JWT only for --jwt: the main table measures the plain setup.
+if [[ $JWT -eq 1 ]]; then
+    cat >>"$WORK/pgwarden.toml" <<EOF
 
 [tls]
 cert_file = "$WORK/certs/server.crt"
@@ -200,6 +205,7 @@ allowed_roles = ["bench_jwt"]
 name = "bench_jwt"
 pool_size = $POOL_SIZE
 EOF
+fi
 # log_level warn keeps per-connection logging off the measured path, but the
 # `listening on` line is info: start at info if warn hides it.
 start_pgwarden() {
