@@ -21,6 +21,10 @@ const SERVER_CONTROL_MSG_MAX: u32 = 16 * 1024 * 1024;
 /// Initial capacity of a server connection's read buffer.
 pub const SERVER_READ_BUF: usize = 64 * 1024;
 
+/// A proxy query's result: ParameterStatus changes and the first value, or
+/// the server's error.
+type QueryOutcome = Result<(Vec<(String, String)>, Option<String>), PgError>;
+
 /// How to log in to Postgres.
 #[derive(Clone)]
 pub struct ServerLogin {
@@ -319,13 +323,25 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Result<Vec<(String, String)>, PgError>, SessionError> {
+        Ok(self.run_query(sql).await?.map(|(changes, _)| changes))
+    }
+
+    /// Runs the proxy's own query and returns the first column of its first
+    /// row (as text), or the server's error.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Result<Option<String>, PgError>, SessionError> {
+        Ok(self.run_query(sql).await?.map(|(_, value)| value))
+    }
+
+    /// Sends `sql` as a simple query and reads to ReadyForQuery: the
+    /// ParameterStatus changes, the first column of the first row, or the
+    /// first error the server reported.
+    async fn run_query(&mut self, sql: &str) -> Result<QueryOutcome, SessionError> {
         let mut out = Vec::new();
         let mut w = Writer::new(&mut out, b'Q');
         w.cstr(sql.as_bytes());
         w.finish();
         self.send(out).await?;
-        let mut err = None;
-        let mut changes = Vec::new();
+        let (mut err, mut changes, mut value) = (None, Vec::new(), None);
         loop {
             let (tag, body) = self.recv().await?;
             match tag {
@@ -333,40 +349,6 @@ impl ServerConn {
                     err.get_or_insert_with(|| PgError::parse(&body));
                 }
                 b'S' => changes.extend(self.on_parameter_status(&body)),
-                b'Z' => {
-                    if body.first() != Some(&b'I') {
-                        return Err(SessionError::ServerProtocol(
-                            "proxy query left a transaction open".into(),
-                        ));
-                    }
-                    return Ok(match err {
-                        Some(e) => Err(e),
-                        None => Ok(changes),
-                    });
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Runs the proxy's own query and returns the first column of its first
-    /// row (as text), or the server's error.
-    pub async fn query_value(&mut self, sql: &str) -> Result<Result<Option<String>, PgError>, SessionError> {
-        let mut out = Vec::new();
-        let mut w = Writer::new(&mut out, b'Q');
-        w.cstr(sql.as_bytes());
-        w.finish();
-        self.send(out).await?;
-        let (mut err, mut value) = (None, None);
-        loop {
-            let (tag, body) = self.recv().await?;
-            match tag {
-                b'E' => {
-                    err.get_or_insert_with(|| PgError::parse(&body));
-                }
-                b'S' => {
-                    self.on_parameter_status(&body);
-                }
                 // Int16 columns, then Int32 length and bytes of the first.
                 b'D' if value.is_none() && body.len() >= 6 => {
                     let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
@@ -382,7 +364,7 @@ impl ServerConn {
                     }
                     return Ok(match err {
                         Some(e) => Err(e),
-                        None => Ok(value),
+                        None => Ok((changes, value)),
                     });
                 }
                 _ => {}

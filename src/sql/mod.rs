@@ -262,11 +262,25 @@ pub fn mentions_reserved_name(text: &[u8]) -> bool {
 /// (which can do anything). Errs on the side of true: a false positive
 /// costs one `DISCARD ALL`, a false negative leaks state.
 pub fn may_leave_session_state(text: &[u8]) -> bool {
+    any_word(text, |word, rest| {
+        word_is(word, b"temp")
+            || word_is(word, b"temporary")
+            || starts_with_ci(word, b"pg_temp")
+            || contains_ci(word, b"advisory")
+            || contains_ci(word, b"set_config")
+            || word_is(word, b"pg_settings")
+            || (word_is(word, b"u") && rest.first() == Some(&b'&'))
+            || (word_is(word, b"do") && do_block_follows(rest))
+    })
+}
+
+/// Whether `hit(word, rest)` holds for any word of `text` (quotes and
+/// comments included), `rest` being the text after the word.
+fn any_word(text: &[u8], hit: impl Fn(&[u8], &[u8]) -> bool) -> bool {
     let n = text.len();
     let mut i = 0;
     while i < n {
-        let c = text[i];
-        let starts_word = c.is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
+        let starts_word = text[i].is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
         if !starts_word {
             i += 1;
             continue;
@@ -275,16 +289,7 @@ pub fn may_leave_session_state(text: &[u8]) -> bool {
         while i < n && is_ident(text[i]) {
             i += 1;
         }
-        let word = &text[start..i];
-        if word_is(word, b"temp")
-            || word_is(word, b"temporary")
-            || starts_with_ci(word, b"pg_temp")
-            || contains_ci(word, b"advisory")
-            || contains_ci(word, b"set_config")
-            || word_is(word, b"pg_settings")
-            || (word_is(word, b"u") && text.get(i) == Some(&b'&'))
-            || (word_is(word, b"do") && do_block_follows(&text[i..]))
-        {
+        if hit(&text[start..i], &text[i..]) {
             return true;
         }
     }
@@ -300,21 +305,8 @@ pub fn may_leave_session_state(text: &[u8]) -> bool {
 /// comments count too: it errs on the side of refusing, because a false
 /// negative hands the client the authenticator's privileges.
 pub fn may_change_role(text: &[u8]) -> bool {
-    let n = text.len();
-    let mut i = 0;
-    while i < n {
-        let c = text[i];
-        let starts_word = c.is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
-        if !starts_word {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < n && is_ident(text[i]) {
-            i += 1;
-        }
-        let word = &text[start..i];
-        if word_is(word, b"role")
+    any_word(text, |word, rest| {
+        word_is(word, b"role")
             || contains_ci(word, b"authorization")
             // A function, procedure, trigger or rule created now could
             // change the role when it runs later, out of sight.
@@ -328,14 +320,10 @@ pub fn may_change_role(text: &[u8]) -> bool {
             || contains_ci(word, b"backslash_quote")
             || contains_ci(word, b"set_config")
             || word_is(word, b"pg_settings")
-            || (word_is(word, b"u") && text.get(i) == Some(&b'&'))
-            || (word_is(word, b"do") && do_block_follows(&text[i..]))
-            || (word_is(word, b"discard") && word_follows(&text[i..], b"all"))
-        {
-            return true;
-        }
-    }
-    false
+            || (word_is(word, b"u") && rest.first() == Some(&b'&'))
+            || (word_is(word, b"do") && do_block_follows(rest))
+            || (word_is(word, b"discard") && word_follows(rest, b"all"))
+    })
 }
 
 /// Whether the next word after blanks and comments is `k`.
