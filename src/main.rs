@@ -239,7 +239,8 @@ fn check_authenticator_at_start(shared: &Arc<pgwarden::session::ctx::Shared>) ->
     let (Identity::SetRole, Some(user)) = (jwt.identity, jwt.server_user.clone()) else { return Ok(()) };
     let timeout = std::time::Duration::from_millis(shared.config.general.server_connect_timeout_ms);
     pgwarden::shard::block_on(async {
-        for (name, db) in &shared.databases {
+        let hosts = shared.clusters.iter().flat_map(|(name, c)| c.hosts.iter().map(move |h| (name, h)));
+        for (name, db) in hosts {
             let login = ServerLogin {
                 addr: db.addr,
                 target: db.target,
@@ -255,8 +256,9 @@ fn check_authenticator_at_start(shared: &Arc<pgwarden::session::ctx::Shared>) ->
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!(
-                        "could not check jwt.server_user \"{user}\" on database \"{name}\" at start-up ({e}); \
-                         it is checked on each new server connection"
+                        "could not check jwt.server_user \"{user}\" on database \"{name}\" at {} at start-up \
+                         ({e}); it is checked on each new server connection",
+                        db.label
                     );
                     continue;
                 }

@@ -2,7 +2,7 @@
 //! Rules about one entry are here; rules across entries (unique names) are in
 //! `validate.rs`.
 
-use super::model::Database;
+use super::model::{Database, DbRole};
 use super::walk::{Ctx, Reader};
 use super::Entry;
 
@@ -32,11 +32,13 @@ fn read(ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> Database {
     let host = r.required(ctx, "host", |r, ctx, key| r.name(ctx, key, MAX_HOST_BYTES));
     let port = r.uint(ctx, "port", 1..=u16::MAX).unwrap_or(DEFAULT_PORT);
     let database_name = r.name(ctx, "database_name", MAX_NAME_BYTES);
+    let role = r.choice(ctx, "role").unwrap_or(DbRole::Primary);
     let name = name.unwrap_or_default();
     Database {
         database_name: database_name.unwrap_or_else(|| name.clone()),
         name,
         host: host.unwrap_or_default(),
         port,
+        role,
     }
 }

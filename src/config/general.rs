@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 
 use toml::{Table, Value};
 
-use super::model::{auto_workers, General, MAX_WORKERS};
+use super::model::{auto_workers, General, OnOff, MAX_WORKERS};
 use super::walk::{expected, in_range, quote_value, Ctx, Reader};
 
 /// Accepted pool sizes, here and in `[[users]]`.
@@ -57,6 +57,22 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
             .unwrap_or(d.prepared_statements_cache_size),
         auth_method: r.choice(ctx, "auth_method").unwrap_or(d.auth_method),
         log_level: r.choice(ctx, "log_level").unwrap_or(d.log_level),
+        healthcheck_interval_ms: r
+            .uint(ctx, "healthcheck_interval_ms", 100..=MAX_DURATION_MS)
+            .unwrap_or(d.healthcheck_interval_ms),
+        healthcheck_timeout_ms: r
+            .uint(ctx, "healthcheck_timeout_ms", 100..=MAX_DURATION_MS)
+            .unwrap_or(d.healthcheck_timeout_ms),
+        max_replica_lag_ms: r
+            .uint(ctx, "max_replica_lag_ms", 0..=MAX_DURATION_MS)
+            .unwrap_or(d.max_replica_lag_ms),
+        ban_time_ms: r.uint(ctx, "ban_time_ms", 100..=MAX_DURATION_MS).unwrap_or(d.ban_time_ms),
+        load_balancing: r.choice(ctx, "load_balancing").unwrap_or(d.load_balancing),
+        read_write_split: r.choice::<OnOff>(ctx, "read_write_split").map_or(d.read_write_split, |v| v.0),
+        primary_reads: r.choice(ctx, "primary_reads").unwrap_or(d.primary_reads),
+        read_only_fallback: r.choice(ctx, "read_only_fallback").unwrap_or(d.read_only_fallback),
+        healthcheck_user: r.name(ctx, "healthcheck_user", super::database::MAX_NAME_BYTES),
+        healthcheck_password: r.secret(ctx, "healthcheck_password"),
     };
     r.finish(ctx);
     general

@@ -42,8 +42,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use jwt::reserved_role;
 pub use model::{
-    auto_workers, AuthMethod, ClientTls, Config, Database, General, Identity, Jwt, JwtRole, LogLevel,
-    PoolMode, Tls, User, MAX_WORKERS,
+    auto_workers, AuthMethod, ClientTls, Config, Database, DbRole, General, Identity, Jwt, JwtRole,
+    LoadBalancing, LogLevel, PoolMode, PrimaryReads, ReadOnlyFallback, Tls, User, MAX_WORKERS,
 };
 pub use password::PasswordKind;
 
@@ -112,13 +112,21 @@ fn build(ctx: &mut Ctx<'_>, raw: &toml::Table) -> Config {
     let jwt = root.table(ctx, "jwt").map(|t| jwt::read(ctx, t));
     root.finish_top_level(ctx);
     validate::check(ctx, &databases, &users, jwt.as_ref(), tls.as_ref());
-    Config {
+    let config = Config {
         general,
         databases: databases.into_iter().map(|e| e.value).collect(),
         users: users.into_iter().map(|e| e.value).collect(),
         jwt,
         tls,
+    };
+    if config.has_clusters() && config.healthcheck_login().is_none() {
+        ctx.error(
+            "general.healthcheck_user",
+            "databases with replicas (or role = \"auto\") are health-checked, and no user to log in \
+             as is known: set healthcheck_user (and healthcheck_password), or add a [[users]] entry",
+        );
     }
+    config
 }
 
 /// `[tls]`: both files are required; `client_tls` defaults to `"allowed"`.

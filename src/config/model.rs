@@ -57,9 +57,33 @@ impl Config {
         user.pool_mode.unwrap_or(self.general.pool_mode)
     }
 
-    /// The database clients know as `name`.
+    /// The (first) database entry clients know as `name`.
     pub fn database(&self, name: &str) -> Option<&Database> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// Who the health check logs in as, and with which password:
+    /// `healthcheck_user`, else the first `[[users]]` entry's server role,
+    /// else `jwt.server_user`.
+    pub fn healthcheck_login(&self) -> Option<(String, Option<String>)> {
+        let g = &self.general;
+        if let Some(u) = &g.healthcheck_user {
+            return Some((u.clone(), g.healthcheck_password.clone()));
+        }
+        if let Some(u) = self.users.first() {
+            return Some((u.server_user.clone(), u.server_password.clone()));
+        }
+        let j = self.jwt.as_ref()?;
+        Some((j.server_user.clone()?, j.server_password.clone()))
+    }
+
+    /// Whether any database has more than one entry (a primary and
+    /// replicas), so that host health is checked.
+    pub fn has_clusters(&self) -> bool {
+        self.databases
+            .iter()
+            .enumerate()
+            .any(|(i, d)| d.role != DbRole::Primary || self.databases[..i].iter().any(|e| e.name == d.name))
     }
 
     /// The user clients log in as `name`.
@@ -96,6 +120,61 @@ pub struct General {
     /// The default for users that do not set `auth`.
     pub auth_method: AuthMethod,
     pub log_level: LogLevel,
+    /// Primary and replicas: how often, and how patiently, the control
+    /// thread checks each host of a database with more than one entry.
+    pub healthcheck_interval_ms: u64,
+    pub healthcheck_timeout_ms: u64,
+    /// A replica lagging more than this is banned; 0: lag is not checked.
+    pub max_replica_lag_ms: u64,
+    /// How long a failed or lagging host gets no new transactions.
+    pub ban_time_ms: u64,
+    pub load_balancing: LoadBalancing,
+    /// Send read-only transactions to replicas.
+    pub read_write_split: bool,
+    pub primary_reads: PrimaryReads,
+    pub read_only_fallback: ReadOnlyFallback,
+    /// Who the health check logs in as; `None`: the first `[[users]]`
+    /// entry's server user, else `jwt.server_user`.
+    pub healthcheck_user: Option<String>,
+    pub healthcheck_password: Option<String>,
+}
+
+/// How reads are spread over healthy replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoadBalancing {
+    RoundRobin,
+    Random,
+    /// The replica this shard has the fewest connections lent out to.
+    LeastConnections,
+}
+
+/// Whether the primary also serves reads that could go to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrimaryReads {
+    /// The primary is one more read target.
+    Include,
+    /// Reads go to replicas only; with none healthy they fail (57P03).
+    Exclude,
+    /// Reads go to replicas, and to the primary when none is healthy.
+    Fallback,
+}
+
+/// Where read-only users go when no replica is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadOnlyFallback {
+    /// Refuse with 57P03: no replica is available.
+    Error,
+    /// The primary, with the read-only enforcement of JWT read-only users.
+    Primary,
+}
+
+/// What a `[[databases]]` entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DbRole {
+    Primary,
+    Replica,
+    /// Asked with `pg_is_in_recovery()` by the health check.
+    Auto,
 }
 
 impl Default for General {
@@ -118,6 +197,16 @@ impl Default for General {
             pin_workers: true,
             auth_method: AuthMethod::ScramSha256,
             log_level: LogLevel::Info,
+            healthcheck_interval_ms: 5_000,
+            healthcheck_timeout_ms: 3_000,
+            max_replica_lag_ms: 10_000,
+            ban_time_ms: 30_000,
+            load_balancing: LoadBalancing::RoundRobin,
+            read_write_split: true,
+            primary_reads: PrimaryReads::Include,
+            read_only_fallback: ReadOnlyFallback::Error,
+            healthcheck_user: None,
+            healthcheck_password: None,
         }
     }
 }
@@ -140,6 +229,8 @@ pub struct Database {
     pub port: u16,
     /// The name on the server; defaults to `name`.
     pub database_name: String,
+    /// Entries sharing a `name` form one cluster: a primary and replicas.
+    pub role: DbRole,
 }
 
 /// `[[users]]`: a user clients may log in as, and the role it uses on the
@@ -160,6 +251,9 @@ pub struct User {
     pub pool_size: Option<u32>,
     /// `None`: `general.pool_mode` (see [`Config::pool_mode`]).
     pub pool_mode: Option<PoolMode>,
+    /// Writes are refused, the server session is read-only, and with
+    /// replicas the user's transactions go to replicas only.
+    pub read_only: bool,
 }
 
 impl fmt::Debug for User {
@@ -172,6 +266,7 @@ impl fmt::Debug for User {
             .field("server_password", &self.server_password.as_ref().map(|_| Redacted))
             .field("pool_size", &self.pool_size)
             .field("pool_mode", &self.pool_mode)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -339,6 +434,36 @@ impl Choice for Identity {
     const CHOICES: &'static [(&'static str, Self)] = &[("set_role", Self::SetRole), ("login", Self::Login)];
 }
 
+impl Choice for LoadBalancing {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("round_robin", Self::RoundRobin),
+        ("random", Self::Random),
+        ("least_connections", Self::LeastConnections),
+    ];
+}
+
+impl Choice for PrimaryReads {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("include", Self::Include), ("exclude", Self::Exclude), ("fallback", Self::Fallback)];
+}
+
+impl Choice for ReadOnlyFallback {
+    const CHOICES: &'static [(&'static str, Self)] = &[("error", Self::Error), ("primary", Self::Primary)];
+}
+
+impl Choice for DbRole {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("primary", Self::Primary), ("replica", Self::Replica), ("auto", Self::Auto)];
+}
+
+/// `read_write_split = "on" | "off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OnOff(pub bool);
+
+impl Choice for OnOff {
+    const CHOICES: &'static [(&'static str, Self)] = &[("on", Self(true)), ("off", Self(false))];
+}
+
 impl Choice for LogLevel {
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("error", Self::Error),
@@ -371,4 +496,14 @@ macro_rules! config_spelling {
     )*};
 }
 
-config_spelling!(PoolMode, AuthMethod, LogLevel, Identity, ClientTls);
+config_spelling!(
+    PoolMode,
+    AuthMethod,
+    LogLevel,
+    Identity,
+    ClientTls,
+    LoadBalancing,
+    PrimaryReads,
+    ReadOnlyFallback,
+    DbRole
+);

@@ -40,6 +40,7 @@ fn read(ctx: &mut Ctx<'_>, r: &mut Reader<'_>, general: &General, general_auth_k
     let server_password = read_password(ctx, r, "server_password");
     let pool_size = r.uint(ctx, "pool_size", POOL_SIZE_RANGE);
     let pool_mode = r.choice(ctx, "pool_mode");
+    let read_only = r.boolean(ctx, "read_only").unwrap_or(false);
 
     let auth_known = if r.present("auth") { auth.is_some() } else { general_auth_known };
     let password_known = !ctx.has_error_at(&r.path_of("password"));
@@ -58,6 +59,7 @@ fn read(ctx: &mut Ctx<'_>, r: &mut Reader<'_>, general: &General, general_auth_k
         auth_method: auth.unwrap_or(general.auth_method),
         pool_size,
         pool_mode,
+        read_only,
     }
 }
 

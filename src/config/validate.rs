@@ -2,7 +2,7 @@
 //! what must exist, and what must be unique. Rules about a single entry live
 //! with its reader (`database.rs`, `user.rs`).
 
-use super::model::{ClientTls, Database, Jwt, Tls, User};
+use super::model::{ClientTls, Database, DbRole, Jwt, Tls, User};
 use super::walk::Ctx;
 use super::Entry;
 
@@ -69,10 +69,58 @@ fn require_some(ctx: &mut Ctx<'_>, key: &str, count: usize) {
     }
 }
 
-/// Database names are unique for now. When several entries may share a name
-/// (a primary and its replicas), this is the one place to change.
+/// Entries sharing a name form one cluster (a primary and its replicas):
+/// each host at most once, at most one `role = "primary"`, and at least one
+/// entry that can take writes (`primary` or `auto`).
 fn check_database_names(ctx: &mut Ctx<'_>, databases: &[Entry<Database>]) {
-    check_unique(ctx, databases, "database", |d| &d.name);
+    for (i, entry) in databases.iter().enumerate() {
+        let d = &entry.value;
+        if d.name.is_empty() {
+            continue;
+        }
+        let earlier = &databases[..i];
+        if let Some(first) = earlier.iter().find(|e| {
+            e.value.name == d.name
+                && e.value.host == d.host
+                && e.value.port == d.port
+                && e.value.database_name == d.database_name
+        }) {
+            ctx.error(
+                &format!("{}.host", entry.path),
+                format!(
+                    "database {:?} lists {}:{} (database_name {:?}) twice (first at {}); each host of a \
+                     primary/replica set appears once",
+                    d.name, d.host, d.port, d.database_name, first.path
+                ),
+            );
+        }
+        if d.role == DbRole::Primary {
+            if let Some(first) =
+                earlier.iter().find(|e| e.value.name == d.name && e.value.role == DbRole::Primary)
+            {
+                ctx.error(
+                    &format!("{}.role", entry.path),
+                    format!(
+                        "database {:?} has a second role = \"primary\" entry (first at {}); one entry is the \
+                         primary, the others are \"replica\" (or \"auto\" to ask each server)",
+                        d.name, first.path
+                    ),
+                );
+            }
+        }
+        let first_of_name = !earlier.iter().any(|e| e.value.name == d.name);
+        let writable = databases.iter().any(|e| e.value.name == d.name && e.value.role != DbRole::Replica);
+        if first_of_name && !writable {
+            ctx.error(
+                &format!("{}.role", entry.path),
+                format!(
+                    "database {:?} has only role = \"replica\" entries: add its primary (role = \"primary\", \
+                     or \"auto\" to ask the server)",
+                    d.name
+                ),
+            );
+        }
+    }
 }
 
 /// Reports each entry whose name an earlier entry already has. Empty names

@@ -3,8 +3,10 @@
 //! arguments; the control thread runs the checks and publishes the
 //! resulting [`Health`] to the shards.
 //!
-//! Built for issue 4 (primary and replicas); the session layer does not use
-//! it yet.
+//! [`cluster`] holds what the shards read: each host's role and ban as
+//! atomics, and the choice of a host for a transaction.
+
+pub mod cluster;
 
 use std::time::{Duration, Instant};
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::auth::{ScramCredential, ScramSecret, Secret};
 use crate::config::{Config, PoolMode};
 use crate::pool::{Checkout, PoolShared, PoolSlice};
+use crate::route::cluster::{now_ms, Cluster, Host, PickState, Want};
 use crate::session::cancel::CancelRegistry;
 use crate::session::prepared::Registry;
 use crate::session::server::{ServerConn, ServerLogin};
@@ -48,7 +49,10 @@ pub enum PoolKey {
     JwtRole { role: String, database: String, read_only: bool },
 }
 
-/// One pool: a (user or JWT role, database) pair.
+/// One pool: a (user or JWT role, database, host) triple. The pools of
+/// one (user, database) pair sit at consecutive indexes, one per host of
+/// the database's cluster, in `[[databases]]` order: the first index is the
+/// pair's (a session's `pool`), host `h`'s pool is that plus `h`.
 #[derive(Debug)]
 pub struct PoolDef {
     /// The user, or the JWT role, for messages and logs.
@@ -59,8 +63,12 @@ pub struct PoolDef {
     pub login: ServerLogin,
     /// Made by `jwt.auto_provision` (counted against `max_auto_pools`).
     pub auto: bool,
-    /// Clients logged in with this pool, across shards.
+    /// Clients logged in with this pool, across shards (on the pair's
+    /// first pool only).
     pub sessions: AtomicUsize,
+    /// The database's hosts, and which one this pool connects to.
+    pub cluster: Arc<Cluster>,
+    pub host: usize,
 }
 
 /// Every pool, static and provisioned. Only logins and a new server
@@ -90,7 +98,8 @@ impl PoolTableInner {
         let before = self.index.len();
         self.index.retain(|_, &mut idx| {
             let d = &defs[idx];
-            !(d.auto && d.sessions.load(Ordering::Acquire) == 0 && d.shared.open() == 0)
+            let hosts = &defs[idx..idx + d.cluster.hosts.len()];
+            !(d.auto && d.sessions.load(Ordering::Acquire) == 0 && hosts.iter().all(|h| h.shared.open() == 0))
         });
         let reaped = before - self.index.len();
         if reaped > 0 {
@@ -105,10 +114,11 @@ impl PoolTable {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, key: PoolKey, def: PoolDef) -> usize {
+    /// Adds the pools of one (user, database) pair, one per host.
+    fn add(&self, key: PoolKey, hosts: usize, make: impl FnMut(usize) -> PoolDef) -> usize {
         let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let idx = t.defs.len();
-        t.defs.push(Arc::new(def));
+        t.defs.extend((0..hosts).map(make).map(Arc::new));
         t.index.insert(key, idx);
         idx
     }
@@ -129,14 +139,15 @@ impl PoolTable {
         self.len() == 0
     }
 
-    /// The pool for `key`, made by `make` if it does not exist yet; `auto`
-    /// pools count against `max_auto`.
+    /// The pools for `key` (one per host), made by `make` if they do not
+    /// exist yet; `auto` pools count (once per key) against `max_auto`.
     pub fn provision(
         &self,
         key: PoolKey,
         auto: bool,
         max_auto: usize,
-        make: impl FnOnce() -> PoolDef,
+        hosts: usize,
+        make: impl FnMut(usize) -> PoolDef,
     ) -> Result<usize, String> {
         let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if let Some(&idx) = t.index.get(&key) {
@@ -155,26 +166,18 @@ impl PoolTable {
             t.auto += 1;
         }
         let idx = t.defs.len();
-        t.defs.push(Arc::new(make()));
+        t.defs.extend((0..hosts).map(make).map(Arc::new));
         t.index.insert(key, idx);
         Ok(idx)
     }
-}
-
-/// Where a database lives, resolved at start-up.
-#[derive(Debug, Clone)]
-pub struct DbTarget {
-    pub addr: SocketAddr,
-    pub target: u32,
-    pub database_name: String,
 }
 
 /// Process-wide state, shared by all shards.
 pub struct Shared {
     pub config: Arc<Config>,
     pub pools: PoolTable,
-    /// Databases by the name clients use.
-    pub databases: HashMap<String, DbTarget>,
+    /// Databases by the name clients use: their hosts, health and roles.
+    pub clusters: HashMap<String, Arc<Cluster>>,
     /// JWT keys and rules, when `[jwt]` is configured.
     pub jwt: Option<crate::session::jwt::JwtRuntime>,
     /// TLS for clients, unless `[tls]` is absent or `client_tls = "disabled"`.
@@ -199,8 +202,8 @@ impl Shared {
     pub fn new(config: Arc<Config>, shards: usize) -> Result<Shared, String> {
         let mut targets: Vec<SocketAddr> = Vec::new();
         let pools = PoolTable::default();
-        let mut databases = HashMap::new();
         let g = &config.general;
+        let mut hosts: Vec<(String, Host)> = Vec::new();
         for db in &config.databases {
             let addr = crate::net::resolve(&db.host, db.port)
                 .map_err(|e| format!("databases: cannot resolve {}:{}: {e}", db.host, db.port))?;
@@ -211,33 +214,62 @@ impl Shared {
                     targets.len() - 1
                 }
             } as u32;
-            databases
-                .insert(db.name.clone(), DbTarget { addr, target, database_name: db.database_name.clone() });
+            let label = format!("{}:{}", db.host, db.port);
+            hosts.push((db.name.clone(), Host::new(addr, target, db.database_name.clone(), db.role, label)));
+        }
+        let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
+        for db in &config.databases {
+            if clusters.contains_key(&db.name) {
+                continue;
+            }
+            let mine = hosts.iter().filter(|(n, _)| *n == db.name).count();
+            let mut members = Vec::with_capacity(mine);
+            let mut rest = Vec::with_capacity(hosts.len() - mine);
+            for (n, h) in hosts.drain(..) {
+                if n == db.name {
+                    members.push(h);
+                } else {
+                    rest.push((n, h));
+                }
+            }
+            hosts = rest;
+            clusters.insert(db.name.clone(), Arc::new(Cluster { name: db.name.clone(), hosts: members }));
+        }
+        let mut names: Vec<&String> = clusters.keys().collect();
+        names.sort_by_key(|n| config.databases.iter().position(|d| &d.name == *n));
+        for name in names {
+            let cluster = &clusters[name];
             for user in &config.users {
                 let password =
                     user.server_password.as_deref().or(user.password.as_deref()).map(Secret::parse);
-                let login = ServerLogin {
-                    addr,
-                    target,
-                    database: db.database_name.clone(),
-                    user: user.server_user.clone(),
-                    password,
-                    role: None,
-                    read_only: false,
-                    scram_keys: None,
-                    connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
-                };
-                pools.add(
-                    PoolKey::User { user: user.name.clone(), database: db.name.clone() },
+                let make = |h: usize| {
+                    let host = &cluster.hosts[h];
                     PoolDef {
                         user: user.name.clone(),
-                        database: db.name.clone(),
+                        database: name.clone(),
                         mode: config.pool_mode(user),
                         shared: Arc::new(PoolShared::new(config.pool_size(user), shards)),
-                        login,
+                        login: ServerLogin {
+                            addr: host.addr,
+                            target: host.target,
+                            database: host.database_name.clone(),
+                            user: user.server_user.clone(),
+                            password: password.clone(),
+                            role: None,
+                            read_only: user.read_only,
+                            scram_keys: None,
+                            connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
+                        },
                         auto: false,
                         sessions: AtomicUsize::new(0),
-                    },
+                        cluster: cluster.clone(),
+                        host: h,
+                    }
+                };
+                pools.add(
+                    PoolKey::User { user: user.name.clone(), database: name.clone() },
+                    cluster.hosts.len(),
+                    make,
                 );
             }
         }
@@ -262,7 +294,7 @@ impl Shared {
             scram_for_plain,
             config,
             pools,
-            databases,
+            clusters,
             jwt,
             tls,
             targets,
@@ -289,7 +321,7 @@ impl Shared {
             sqlstate: "28000",
             message: "JWT logins are not configured".into(),
         })?;
-        let db = self.databases.get(database).ok_or_else(|| SessionError::Refused {
+        let cluster = self.clusters.get(database).ok_or_else(|| SessionError::Refused {
             sqlstate: "3D000",
             message: format!("database \"{database}\" does not exist"),
         })?;
@@ -312,28 +344,33 @@ impl Shared {
         };
         let size = listed.and_then(|r| r.pool_size).unwrap_or(jwt.auto_provision_pool_size);
         let mode = listed.and_then(|r| r.pool_mode).unwrap_or(g.pool_mode);
-        let make = || PoolDef {
-            user: role.to_owned(),
-            database: database.to_owned(),
-            mode,
-            shared: Arc::new(PoolShared::new(size, self.shards)),
-            login: ServerLogin {
-                addr: db.addr,
-                target: db.target,
-                database: db.database_name.clone(),
-                user: server_user,
-                password: jwt.server_password.as_deref().map(Secret::parse),
-                role: role_param,
-                read_only,
-                scram_keys: None,
-                connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
-            },
-            auto: listed.is_none(),
-            sessions: AtomicUsize::new(0),
+        let make = |h: usize| {
+            let host = &cluster.hosts[h];
+            PoolDef {
+                user: role.to_owned(),
+                database: database.to_owned(),
+                mode,
+                shared: Arc::new(PoolShared::new(size, self.shards)),
+                login: ServerLogin {
+                    addr: host.addr,
+                    target: host.target,
+                    database: host.database_name.clone(),
+                    user: server_user.clone(),
+                    password: jwt.server_password.as_deref().map(Secret::parse),
+                    role: role_param.clone(),
+                    read_only,
+                    scram_keys: None,
+                    connect_timeout: Duration::from_millis(g.server_connect_timeout_ms),
+                },
+                auto: listed.is_none(),
+                sessions: AtomicUsize::new(0),
+                cluster: cluster.clone(),
+                host: h,
+            }
         };
         let idx = self
             .pools
-            .provision(key, listed.is_none(), jwt.max_auto_pools as usize, make)
+            .provision(key, listed.is_none(), jwt.max_auto_pools as usize, cluster.hosts.len(), make)
             .map_err(|message| SessionError::Refused { sqlstate: "53300", message })?;
         if listed.is_none() {
             log::info!(
@@ -363,6 +400,8 @@ pub struct ShardCtx {
     woken: RefCell<HashSet<u64>>,
     next_id: Cell<u64>,
     pub cancel_counter: Cell<u32>,
+    /// Load-balancing state among replicas.
+    pick: RefCell<PickState>,
     shutdown_wakers: RefCell<HashMap<u64, Waker>>,
     pub clients: Cell<usize>,
 }
@@ -383,6 +422,7 @@ impl ShardCtx {
             woken: RefCell::new(HashSet::new()),
             next_id: Cell::new(0),
             cancel_counter: Cell::new(0),
+            pick: RefCell::new(PickState::new(id as u64 * 0x9e37_79b9_7f4a_7c15 + 1)),
             shutdown_wakers: RefCell::new(HashMap::new()),
             clients: Cell::new(0),
         })
@@ -465,6 +505,44 @@ impl ShardCtx {
             None => slot.insert(PoolSlice::new(self.def(idx).shared.clone())),
         };
         f(slice)
+    }
+
+    /// The host of pool pair `base`'s database for a transaction that
+    /// wants `want` (always 0 for a single-host database).
+    pub fn choose_host(&self, base: usize, want: Want) -> Result<usize, SessionError> {
+        let def = self.def(base);
+        let cluster = &def.cluster;
+        if cluster.single() {
+            return Ok(0);
+        }
+        let lent =
+            |h: usize| self.with_slice(base + h, |s| (s.open_here() as usize).saturating_sub(s.idle_count()));
+        let g = &self.shared.config.general;
+        let mut pick = self.pick.borrow_mut();
+        cluster.choose(want, g, &mut pick, lent).map_err(|no| SessionError::Refused {
+            sqlstate: "57P03",
+            message: cluster.no_host_message(no, want),
+        })
+    }
+
+    /// A server connection of pool pair `base` on the host routing picks
+    /// for `want`. A host that cannot be connected to is banned (see
+    /// [`Self::open`]) and the next candidate is tried. Returns the host.
+    pub async fn checkout_routed(
+        &self,
+        base: usize,
+        want: Want,
+    ) -> Result<(usize, ServerConn), SessionError> {
+        let hosts = self.def(base).cluster.hosts.len();
+        let mut tries = 0;
+        loop {
+            let host = self.choose_host(base, want)?;
+            match self.checkout(base + host).await {
+                Ok(c) => return Ok((host, c)),
+                Err(e) if hosts > 1 && tries + 1 < hosts && host_failure(&e) => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Gets a server connection from pool `idx` within the checkout timeout.
@@ -554,6 +632,20 @@ impl ShardCtx {
             Err(e) => {
                 self.with_slice(idx, |s| s.open_failed());
                 self.wake_first(idx);
+                let cluster = &def.cluster;
+                if !cluster.single() && host_failure(&e) {
+                    let ban = Duration::from_millis(self.shared.config.general.ban_time_ms);
+                    let host = &cluster.hosts[def.host];
+                    if host.ban(now_ms(), ban) {
+                        log::warn!(
+                            "shard {}: banned host {} of database \"{}\" for {} ms: {e}",
+                            self.id,
+                            host.label,
+                            cluster.name,
+                            ban.as_millis()
+                        );
+                    }
+                }
                 Err(e)
             }
         }
@@ -747,6 +839,19 @@ impl Future for ShutdownSignal<'_> {
             self.registered = true;
         }
         Poll::Pending
+    }
+}
+
+/// An error that says the host, not the request, failed: it could not be
+/// reached, or it refused connections (starting up, shutting down, out of
+/// connection slots). Such a host is banned; a login error is not a reason.
+pub fn host_failure(e: &SessionError) -> bool {
+    match e {
+        SessionError::ServerUnavailable(_) | SessionError::ServerLost(_) => true,
+        SessionError::ServerRefused(pg) => {
+            pg.code.starts_with("57P") || pg.code.starts_with("08") || pg.code.starts_with("53")
+        }
+        _ => false,
     }
 }
 

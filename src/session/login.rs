@@ -17,6 +17,7 @@ use crate::protocol::backend;
 use crate::protocol::frame::{self, Writer};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{MAX_PASSWORD_MESSAGE_LEN, MAX_STARTUP_PACKET_LEN};
+use crate::route::cluster::Want;
 use crate::session::cancel::CancelSlot;
 use crate::session::ctx::{PoolKey, ShardCtx};
 use crate::session::params::{self, ParamSet};
@@ -62,16 +63,26 @@ pub struct ClientConn {
 pub struct Session {
     pub user: String,
     pub database: String,
+    /// The first of the pools of this (user, database) pair, one per host
+    /// of the database; `pool + host` is host `host`'s.
     pub pool: usize,
+    /// The host of the server the session holds (session mode), or held
+    /// last.
+    pub host: usize,
     pub params: ParamSet,
     pub pid: i32,
     pub cancel: Arc<CancelSlot>,
     /// A JWT login in `identity = "set_role"` mode: statements that could
     /// change the role are refused.
     pub role_locked: bool,
-    /// A read-only JWT login: writes are refused, and the server connection
-    /// has `default_transaction_read_only = on`.
+    /// A read-only login (a token's claim, a read-only JWT role, or a
+    /// `[[users]]` entry's `read_only`): writes are refused, the server
+    /// connection has `default_transaction_read_only = on`, and with
+    /// replicas only replicas serve it.
     pub read_only: bool,
+    /// `SET pgwarden.route = 'primary'`: every transaction goes to the
+    /// primary until `SET pgwarden.route = 'auto'` (or a RESET).
+    pub pin_primary: bool,
     /// With `jwt.expire_sessions`: the token's `exp` (seconds since the
     /// epoch), after which the session ends at a transaction boundary.
     pub expires_at: Option<u64>,
@@ -293,7 +304,8 @@ async fn login(
     negotiate_version(conn, minor, &raw).await?;
     // AuthenticationOk (and SASLFinal) go out with the welcome, in one write:
     // every separate packet costs the client a wake-up.
-    let (mut role_locked, mut read_only, mut expires_at) = (false, false, None);
+    let (mut role_locked, mut expires_at) = (false, None);
+    let read_only;
     let (mut out, pool) = match jwt_identity(ctx, &user) {
         Some(expected) => {
             let (out, role, ro, exp) = authenticate_jwt(ctx, conn, &user, expected).await?;
@@ -305,6 +317,7 @@ async fn login(
         }
         None => {
             let out = authenticate(ctx, conn, &user).await?;
+            read_only = ctx.shared.config.user(&user).is_some_and(|u| u.read_only);
             let key = PoolKey::User { user: user.clone(), database: database.clone() };
             let pool = ctx.shared.pools.lookup(&key).ok_or_else(|| SessionError::Refused {
                 sqlstate: "3D000",
@@ -340,7 +353,18 @@ async fn login(
     if ctx.shared.shutting_down() {
         return Err(SessionError::Shutdown);
     }
-    let mut lease = crate::session::ctx::Lease::new(ctx, pool, ctx.checkout(pool).await?);
+    let mode = ctx.def(pool).mode;
+    // Read-only users never touch the primary (unless read_only_fallback
+    // says so); a session-mode session keeps this connection throughout.
+    let want = if read_only {
+        Want::ReadOnlyUser
+    } else if mode == crate::config::PoolMode::Session {
+        Want::Primary
+    } else {
+        Want::Login
+    };
+    let (host, server) = ctx.checkout_routed(pool, want).await?;
+    let mut lease = crate::session::ctx::Lease::new(ctx, pool + host, server);
     sync_params(lease.conn(), &params).await?;
     let key = random_i32();
     let mut counter = ctx.cancel_counter.get();
@@ -349,15 +373,26 @@ async fn login(
     welcome(&mut out, lease.conn(), pid, key);
     if let Err(e) = conn.send(out).await {
         ctx.shared.cancel.unregister(pid);
-        ctx.release(pool, lease.take());
+        ctx.release(pool + host, lease.take());
         return Err(e);
     }
     let server = lease.take();
     ctx.session_started(pool);
-    let session = Session { user, database, pool, params, pid, cancel, role_locked, read_only, expires_at };
-    let mode = ctx.def(pool).mode;
+    let session = Session {
+        user,
+        database,
+        pool,
+        host,
+        params,
+        pid,
+        cancel,
+        role_locked,
+        read_only,
+        expires_at,
+        pin_primary: false,
+    };
     if mode == crate::config::PoolMode::Transaction {
-        ctx.release(pool, server);
+        ctx.release(pool + host, server);
         Ok(Opening::Login(session, None))
     } else {
         Ok(Opening::Login(session, Some(Box::new(server))))

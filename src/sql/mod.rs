@@ -439,13 +439,127 @@ pub fn may_write(text: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// Words that keep a statement that writes nothing on the primary: they
+/// fail on a hot standby (LISTEN, NOTIFY, SERIALIZABLE, a transaction id),
+/// or depend on state of one server session (currval, EXECUTE of a
+/// prepared statement whose text is not in view, cursors, two-phase
+/// commit).
+const PRIMARY_WORDS: &[&str] = &[
+    "listen",
+    "unlisten",
+    "notify",
+    "pg_notify",
+    "serializable",
+    "txid_current",
+    "pg_current_xact_id",
+    "currval",
+    "lastval",
+    "execute",
+    "prepared",
+    "declare",
+    "fetch",
+    "move",
+    "close",
+    "checkpoint",
+];
+
+/// Whether `text`, though it may write nothing, must still run on the
+/// primary: a `BEGIN` or `START TRANSACTION` not marked `READ ONLY` (what
+/// follows it is unknown), a word of [`PRIMARY_WORDS`], an advisory lock
+/// (it must exclude sessions on the primary), or an unterminated literal.
+/// Comments and literals are skipped.
+pub fn needs_primary(text: &[u8]) -> bool {
+    let toks = Tokens { lx: Lexer { s: text, pos: 0, quoted_last: false } };
+    let (mut begins, mut read_only, mut prev_read) = (false, false, false);
+    for t in toks {
+        let name = match t {
+            None => return true,
+            Some(Tok::Punct(b';')) => {
+                if begins && !read_only {
+                    return true;
+                }
+                (begins, read_only, prev_read) = (false, false, false);
+                continue;
+            }
+            Some(Tok::Word(w)) => {
+                if word_is(w, b"begin") || word_is(w, b"start") {
+                    begins = true;
+                }
+                if prev_read && word_is(w, b"only") {
+                    read_only = true;
+                }
+                prev_read = word_is(w, b"read");
+                w
+            }
+            Some(Tok::Quoted(w)) => w,
+            Some(_) => continue,
+        };
+        if PRIMARY_WORDS.iter().any(|k| word_is(name, k.as_bytes())) || contains_ci(name, b"advisory") {
+            return true;
+        }
+    }
+    begins && !read_only
+}
+
+/// A statement that sets pgwarden's own routing: `SET [SESSION | LOCAL]
+/// pgwarden.route {= | TO} 'primary' | 'auto' | DEFAULT`, `RESET
+/// pgwarden.route`, and `RESET ALL` / `DISCARD ALL` (which end a pin).
+/// Returns `Some(Ok(true))` to pin the session's transactions to the
+/// primary, `Some(Ok(false))` to route them again, `Some(Err(value))` for
+/// a value pgwarden does not know, `None` when `text` sets none of it.
+pub fn route_setting(text: &[u8]) -> Option<Result<bool, String>> {
+    let toks: Vec<Tok<'_>> =
+        Tokens { lx: Lexer { s: text, pos: 0, quoted_last: false } }.map_while(|t| t).collect();
+    let mut found = None;
+    for stmt in toks.split(|t| matches!(t, Tok::Punct(b';'))) {
+        let words = |i: usize, k: &[u8]| matches!(stmt.get(i), Some(Tok::Word(w)) if word_is(w, k));
+        let route_at = |i: usize| {
+            (words(i, b"pgwarden") || matches!(stmt.get(i), Some(Tok::Quoted(w)) if *w == b"pgwarden"))
+                && matches!(stmt.get(i + 1), Some(Tok::Punct(b'.')))
+                && (words(i + 2, b"route")
+                    || matches!(stmt.get(i + 2), Some(Tok::Quoted(w)) if *w == b"route"))
+        };
+        if words(0, b"reset") && (words(1, b"all") || route_at(1)) || words(0, b"discard") && words(1, b"all")
+        {
+            found = Some(Ok(false));
+            continue;
+        }
+        if !words(0, b"set") {
+            continue;
+        }
+        let at = if words(1, b"session") || words(1, b"local") { 2 } else { 1 };
+        if !route_at(at) {
+            continue;
+        }
+        let value = match (stmt.get(at + 3), stmt.get(at + 4), stmt.len()) {
+            (Some(Tok::Punct(b'=')), Some(v), n) if n == at + 5 => v,
+            (Some(Tok::Word(to)), Some(v), n) if word_is(to, b"to") && n == at + 5 => v,
+            _ => return Some(Err(String::new())),
+        };
+        let v: &[u8] = match value {
+            Tok::Word(w) => w,
+            Tok::Literal(l) if l.len() >= 2 && l[0] == b'\'' => &l[1..l.len() - 1],
+            _ => b"?",
+        };
+        found = Some(if v.eq_ignore_ascii_case(b"primary") {
+            Ok(true)
+        } else if v.eq_ignore_ascii_case(b"auto") || v.eq_ignore_ascii_case(b"default") {
+            Ok(false)
+        } else {
+            Err(String::from_utf8_lossy(v).into_owned())
+        });
+    }
+    found
+}
+
 /// A token of [`Tokens`].
 enum Tok<'a> {
     Word(&'a [u8]),
     /// A quoted identifier's contents.
     Quoted(&'a [u8]),
-    /// A string literal (dollar-quoted too): its contents never count.
-    Literal,
+    /// A string literal (dollar-quoted too), quotes included: its contents
+    /// never count as words.
+    Literal(&'a [u8]),
     /// `$1`.
     Param,
     Punct(u8),
@@ -482,7 +596,7 @@ impl<'a> Iterator for Tokens<'a> {
                 if c == b'"' {
                     Tok::Quoted(&text[start + 1..lx.pos - 1])
                 } else {
-                    Tok::Literal
+                    Tok::Literal(&text[start..lx.pos])
                 }
             }
             b'$' => {
@@ -494,7 +608,7 @@ impl<'a> Iterator for Tokens<'a> {
                 if body.len() > 1 && body[1..].iter().all(u8::is_ascii_digit) {
                     Tok::Param
                 } else {
-                    Tok::Literal
+                    Tok::Literal(body)
                 }
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
@@ -752,5 +866,56 @@ mod tests {
         assert_eq!(p("prepare"), None);
         assert_eq!(p("prepare q as select E'\\'; select 2'"), Some(SqlPrepared::Prepare("q".into())));
         assert_eq!(sql_prepared(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn what_needs_the_primary() {
+        let primary = [
+            "BEGIN",
+            "begin isolation level repeatable read",
+            "START TRANSACTION",
+            "BEGIN READ ONLY; SELECT 1; COMMIT; BEGIN",
+            "LISTEN x",
+            "SELECT pg_notify('c', 'x')",
+            "SELECT currval('s')",
+            "EXECUTE q(1)",
+            "SELECT pg_advisory_lock(1)",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+            "FETCH 10 FROM c",
+            "SELECT 'unterminated",
+            "SELECT \"lastval\"()",
+        ];
+        for q in primary {
+            assert!(needs_primary(q.as_bytes()), "{q}");
+        }
+        let anywhere = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "BEGIN READ ONLY",
+            "start transaction isolation level repeatable read, read only",
+            "SELECT 'begin' -- begin",
+            "/* listen */ SELECT 1",
+            "SHOW search_path",
+            "SET search_path = a",
+        ];
+        for q in anywhere {
+            assert!(!needs_primary(q.as_bytes()), "{q}");
+        }
+    }
+
+    #[test]
+    fn route_settings() {
+        let r = |q: &str| route_setting(q.as_bytes());
+        assert_eq!(r("SET pgwarden.route = 'primary'"), Some(Ok(true)));
+        assert_eq!(r("set session pgwarden.route to primary;"), Some(Ok(true)));
+        assert_eq!(r("SET pgwarden.route TO 'auto'"), Some(Ok(false)));
+        assert_eq!(r("SET pgwarden.route = DEFAULT"), Some(Ok(false)));
+        assert_eq!(r("RESET pgwarden.route"), Some(Ok(false)));
+        assert_eq!(r("RESET ALL"), Some(Ok(false)));
+        assert_eq!(r("DISCARD ALL"), Some(Ok(false)));
+        assert_eq!(r("SET pgwarden.route = 'replica'"), Some(Err("replica".into())));
+        assert_eq!(r("SET pgwarden.route 'primary'"), Some(Err(String::new())));
+        assert_eq!(r("SELECT 1; SET pgwarden.route = 'primary'"), Some(Ok(true)));
+        assert_eq!(r("SET search_path = 'pgwarden.route'"), None);
+        assert_eq!(r("SELECT 1 /* pgwarden:primary */"), None);
     }
 }

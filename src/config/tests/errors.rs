@@ -243,7 +243,7 @@ fn duplicate_names_are_errors() {
         host = "b"
         [[databases]]
         name = "app"
-        host = "c"
+        host = "a"
         [[users]]
         name = "u"
         password = "p"
@@ -254,8 +254,40 @@ fn duplicate_names_are_errors() {
     assert_eq!(
         errors(text),
         [
-            r#"databases[2].name: duplicate database name "app" (first defined at databases[0])"#,
+            r#"databases[2].host: database "app" lists a:5432 (database_name "app") twice (first at databases[0]); each host of a primary/replica set appears once"#,
+            r#"databases[2].role: database "app" has a second role = "primary" entry (first at databases[0]); one entry is the primary, the others are "replica" (or "auto" to ask each server)"#,
             r#"users[1].name: duplicate user name "u" (first defined at users[0])"#,
+        ]
+    );
+}
+
+#[test]
+fn a_replica_set_needs_a_primary_and_a_health_check_login() {
+    let text = r#"
+        [[databases]]
+        name = "app"
+        host = "a"
+        role = "replica"
+        [[databases]]
+        name = "app"
+        host = "b"
+        role = "replica"
+        [[databases]]
+        name = "other"
+        host = "b"
+        role = "standby"
+        [jwt]
+        public_key_file = "k.pem"
+        require_tls = false
+        identity = "login"
+        auto_provision = true
+    "#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"databases[2].role: expected one of "primary", "replica", "auto", found "standby""#,
+            r#"databases[0].role: database "app" has only role = "replica" entries: add its primary (role = "primary", or "auto" to ask the server)"#,
+            r#"general.healthcheck_user: databases with replicas (or role = "auto") are health-checked, and no user to log in as is known: set healthcheck_user (and healthcheck_password), or add a [[users]] entry"#,
         ]
     );
 }

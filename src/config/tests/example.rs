@@ -17,6 +17,7 @@ fn example_parses() {
             host: "127.0.0.1".into(),
             port: 5432,
             database_name: "app".into(),
+            role: DbRole::Primary,
         }]
     );
     let user = config.user("app").expect("user app");
@@ -52,7 +53,12 @@ fn example_comments_show_the_defaults() {
     assert!(text.contains("\nworkers = \"auto\""), "uncommenting failed");
     let all = parse_ok(&text);
     let plain = parse_ok(EXAMPLE);
-    assert_eq!(all.general, plain.general);
+    // The health check's login has no default value to show: unset, it is
+    // taken from the first user.
+    let mut general = all.general.clone();
+    assert_eq!(general.healthcheck_user.take().as_deref(), Some("pgwarden_monitor"));
+    assert!(general.healthcheck_password.take().is_some());
+    assert_eq!(general, plain.general);
     assert_eq!(all.databases, plain.databases);
     let (a, p) = (&all.users[0], &plain.users[0]);
     assert_eq!(all.pool_size(a), plain.pool_size(p));

@@ -56,6 +56,16 @@ fn every_general_key_is_read() {
         prepared_statements_cache_size = 0
         auth_method = "md5"
         log_level = "trace"
+        healthcheck_interval_ms = 250
+        healthcheck_timeout_ms = 200
+        max_replica_lag_ms = 0
+        ban_time_ms = 1000
+        load_balancing = "least_connections"
+        read_write_split = "off"
+        primary_reads = "fallback"
+        read_only_fallback = "primary"
+        healthcheck_user = "monitor"
+        healthcheck_password = "monitor-secret"
         "#,
     ));
     let expected = General {
@@ -75,6 +85,16 @@ fn every_general_key_is_read() {
         prepared_statements_cache_size: 0,
         auth_method: AuthMethod::Md5,
         log_level: LogLevel::Trace,
+        healthcheck_interval_ms: 250,
+        healthcheck_timeout_ms: 200,
+        max_replica_lag_ms: 0,
+        ban_time_ms: 1000,
+        load_balancing: LoadBalancing::LeastConnections,
+        read_write_split: false,
+        primary_reads: PrimaryReads::Fallback,
+        read_only_fallback: ReadOnlyFallback::Primary,
+        healthcheck_user: Some("monitor".into()),
+        healthcheck_password: Some("monitor-secret".into()),
     };
     assert_eq!(config.general, expected);
     let user = &config.users[0];
@@ -92,6 +112,11 @@ fn every_entry_key_is_read() {
         port = 6543
         database_name = "app_prod"
 
+        [[databases]]
+        name = "app"
+        host = "10.0.0.6"
+        role = "replica"
+
         [[users]]
         name = "alice"
         password = "{SCRAM}"
@@ -100,6 +125,7 @@ fn every_entry_key_is_read() {
         server_password = "server-secret"
         pool_size = 3
         pool_mode = "session"
+        read_only = true
         "#
     ));
     assert_eq!(
@@ -109,13 +135,18 @@ fn every_entry_key_is_read() {
             host: "10.0.0.5".into(),
             port: 6543,
             database_name: "app_prod".into(),
+            role: DbRole::Primary,
         }
     );
+    assert_eq!((config.databases[1].role, config.databases[1].port), (DbRole::Replica, 5432));
+    assert!(config.has_clusters());
     let user = config.user("alice").unwrap();
     assert_eq!(user.password.as_deref(), Some(SCRAM));
     assert_eq!(user.server_user, "app_rw");
     assert_eq!(user.server_password.as_deref(), Some("server-secret"));
     assert_eq!((config.pool_size(user), config.pool_mode(user)), (3, PoolMode::Session));
+    assert!(user.read_only);
+    assert_eq!(config.healthcheck_login(), Some(("app_rw".into(), Some("server-secret".into()))));
 }
 
 #[test]
