@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{unique_name, PgServer, APP_DB};
+use common::{run, unique_name, PgServer, APP_DB};
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -41,4 +41,233 @@ fn a_replica_follows_the_primary_and_can_be_promoted() {
     eventually("the promoted replica leaves recovery", || {
         replica.psql_in(APP_DB, "SELECT pg_is_in_recovery()").trim() == "f"
     });
+}
+
+// ---------------------------------------------------------------------------
+// Routing through pgwarden
+// ---------------------------------------------------------------------------
+
+use common::{config, connect_app, connect_with, sqlstate, Proxy, APP_PASSWORD, APP_USER};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// `[general]` lines and a replica entry for database `db` (the standard
+/// config has `app` on the primary), health checked every 200 ms.
+fn with_replica(replica: &PgServer, db: &str, general: &str) -> String {
+    format!(
+        "healthcheck_interval_ms = 200\nhealthcheck_timeout_ms = 2000\nban_time_ms = 1000\n{general}\n\
+         [[databases]]\nname = \"{db}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\n\n",
+        replica.port()
+    )
+}
+
+async fn one(client: &Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("`{sql}`: {e:?}"));
+    rows.into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("`{sql}` returned no row"))
+}
+
+async fn refused(client: &Client, sql: &str) -> (String, String) {
+    match client.simple_query(sql).await {
+        Ok(_) => panic!("`{sql}` succeeded; expected a refusal"),
+        Err(e) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("`{sql}`: no server error: {e:?}"));
+            (db.code().code().to_string(), db.message().to_string())
+        }
+    }
+}
+
+async fn eventually_async(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_replica_and_writes_to_the_primary() {
+    let primary = PgServer::shared();
+    let replica = primary.start_replica();
+    let proxy =
+        Proxy::start(&config(primary, &with_replica(&replica, APP_DB, "primary_reads = \"exclude\"")));
+    let (c, _t) = connect_app(&proxy).await;
+    let rport = replica.port().to_string();
+    let pport = primary.port().to_string();
+
+    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "t");
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    // Writes and DDL go to the primary.
+    let table = unique_name("pgwroute");
+    c.simple_query(&format!("CREATE TABLE {table} (id int)")).await.unwrap();
+    c.simple_query(&format!("INSERT INTO {table} VALUES (1)")).await.unwrap();
+    // A transaction that starts with a read and then writes began on the
+    // primary (BEGIN routes there) and stays there.
+    c.simple_query("BEGIN").await.unwrap();
+    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "f");
+    c.simple_query(&format!("INSERT INTO {table} VALUES (2)")).await.unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    // Reads and a write in one simple query: the primary.
+    assert_eq!(one(&c, &format!("SELECT inet_server_port(); INSERT INTO {table} VALUES (3)")).await, pport);
+    // A read-only transaction goes to a replica and stays there.
+    c.simple_query("BEGIN READ ONLY").await.unwrap();
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    c.simple_query("COMMIT").await.unwrap();
+    // What only the primary can do, though it writes nothing.
+    assert_eq!(one(&c, "SELECT inet_server_port(), pg_current_xact_id()").await, pport);
+    // Hints and the session setting pin to the primary.
+    assert_eq!(one(&c, "/* pgwarden:primary */ SELECT inet_server_port()").await, pport);
+    c.simple_query("SET pgwarden.route = 'primary'").await.unwrap();
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, pport);
+    c.simple_query("SET pgwarden.route TO auto").await.unwrap();
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    let (code, msg) = refused(&c, "SET pgwarden.route = 'replica'").await;
+    assert_eq!(code, "22023", "{msg}");
+    assert!(msg.contains("'primary'"), "{msg}");
+
+    // The extended protocol: named statements prepared on one host run on
+    // the other, reads on the replica, writes on the primary.
+    eventually_async("the replica has the table", async || {
+        one(&c, &format!("SELECT (to_regclass('{table}') IS NOT NULL)::text")).await == "true"
+    })
+    .await;
+    let read = c.prepare(&format!("SELECT inet_server_port()::text, count(*) FROM {table}")).await.unwrap();
+    let write = c
+        .prepare(&format!("INSERT INTO {table} VALUES ($1) RETURNING inet_server_port()::text"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let r = c.query_one(&read, &[]).await.unwrap();
+        assert_eq!(r.get::<_, String>(0), rport);
+        let w = c.query_one(&write, &[&(10 + i)]).await.unwrap();
+        assert_eq!(w.get::<_, String>(0), pport);
+    }
+    assert_eq!(primary.query_i64(&format!("SELECT count(*) FROM {table}")), 8);
+    // A read-only statement's own transaction on the replica: SELECT ...
+    // FOR UPDATE would fail there, so it goes to the primary.
+    let r =
+        c.query_one(&format!("SELECT inet_server_port()::text FROM {table} LIMIT 1 FOR UPDATE"), &[]).await;
+    assert_eq!(r.unwrap().get::<_, String>(0), pport);
+    c.simple_query(&format!("DROP TABLE {table}")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_users_are_served_by_replicas_only_and_fail_closed() {
+    let primary = PgServer::shared();
+    let replica = primary.start_replica();
+    let ro = unique_name("pgwro");
+    primary.exec(&format!(
+        "CREATE ROLE {ro} LOGIN PASSWORD 'ro-secret'; GRANT CONNECT ON DATABASE {APP_DB} TO {ro}"
+    ));
+    eventually("the replica has the role", || {
+        replica.psql_in(APP_DB, &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{ro}'")).trim()
+            == "1"
+    });
+    let users = format!("[[users]]\nname = \"{ro}\"\npassword = \"ro-secret\"\nread_only = true\n");
+    let proxy = Proxy::start(&config(primary, &format!("{}{users}", with_replica(&replica, APP_DB, ""))));
+    let mut fallback = Proxy::start(&config(
+        primary,
+        &format!("{}{users}", with_replica(&replica, APP_DB, "read_only_fallback = \"primary\"")),
+    ));
+    let ro_cfg = |p: &Proxy| p.tokio_config(&ro, "ro-secret", APP_DB);
+    let (c, _t) = connect_with(&ro_cfg(&proxy)).await.expect("read-only login");
+    let rport = replica.port().to_string();
+    for _ in 0..4 {
+        assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    }
+    // Writes are refused, by pgwarden or by the standby itself.
+    let (code, _) = refused(&c, "CREATE TABLE pgw_never (id int)").await;
+    assert_eq!(code, "25006");
+    let (code, msg) = refused(&c, "SET pgwarden.route = 'primary'").await;
+    assert_eq!(code, "25006", "{msg}");
+    let (code, _) = refused(&c, "/* pgwarden:primary */ SELECT 1").await;
+    assert_eq!(code, "25006");
+    assert_eq!(primary.backend_count(&ro, APP_DB), 0, "a read-only user reached the primary");
+
+    // The replica goes away: banned within the health interval; read-only
+    // users get a clear error, ordinary reads fall back to the primary.
+    replica.stop();
+    eventually("the replica is banned", || proxy.log_shows("banned host"));
+    let (code, msg) = refused(&c, "SELECT 1").await;
+    assert_eq!(code, "57P03", "{msg}");
+    assert!(msg.contains("no replica"), "{msg}");
+    match connect_with(&ro_cfg(&proxy)).await {
+        Ok(_) => panic!("a read-only login succeeded with no replica"),
+        Err(e) => assert_eq!(sqlstate(&e).as_deref(), Some("57P03"), "{e:?}"),
+    }
+    let (app, _t2) = connect_app(&proxy).await;
+    assert_eq!(one(&app, "SELECT pg_is_in_recovery()").await, "f");
+    // read_only_fallback = "primary": the primary, read-only.
+    let (f, _t3) = connect_with(&ro_cfg(&fallback)).await.expect("fallback login");
+    assert_eq!(one(&f, "SELECT pg_is_in_recovery()").await, "f");
+    assert_eq!(one(&f, "SHOW transaction_read_only").await, "on");
+    let (code, _) = refused(&f, "CREATE TABLE pgw_never (id int)").await;
+    assert_eq!(code, "25006");
+    drop(f);
+    fallback.stop();
+
+    // Back again: unbanned, read-only users are served again.
+    replica.start_again();
+    eventually("the replica is unbanned", || proxy.log_shows("unbanned host"));
+    eventually_async("read-only reads work again", async || match c.simple_query("SELECT 1").await {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("not yet: {e:?}");
+            false
+        }
+    })
+    .await;
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    // Only the fallback proxy ever took the read-only user to the primary.
+    eventually("the fallback proxy's connections are gone", || primary.backend_count(&ro, APP_DB) == 0);
+    drop(c);
+    primary.exec(&format!("REVOKE CONNECT ON DATABASE {APP_DB} FROM {ro}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_a_primary_candidate_not_a_read_target() {
+    let primary = PgServer::shared();
+    let replica = primary.start_replica();
+    let proxy =
+        Proxy::start(&config(primary, &with_replica(&replica, APP_DB, "primary_reads = \"fallback\"")));
+    let (c, _t) = connect_app(&proxy).await;
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, replica.port().to_string());
+    replica.promote();
+    eventually("the promotion is seen", || proxy.log_shows("promoted"));
+    // No replica left: reads fall back to the primary, never the promoted host.
+    for _ in 0..4 {
+        assert_eq!(one(&c, "SELECT inet_server_port()").await, primary.port().to_string());
+    }
+}
+
+#[test]
+fn pgbench_select_only_runs_without_errors_while_the_replica_restarts() {
+    let primary = PgServer::shared();
+    let db = primary.create_database("pgwbenchrepl");
+    let init = run(primary.pgbench_direct(&db, &["-i", "-s", "1", "-q"]), None, Duration::from_secs(120));
+    assert!(init.success(), "pgbench -i: {init}");
+    let replica = primary.start_replica();
+    let entries = format!(
+        "{}[[databases]]\nname = \"{db}\"\nhost = \"127.0.0.1\"\nport = {}\n\n",
+        with_replica(&replica, &db, ""),
+        primary.port()
+    );
+    let proxy = Proxy::start(&config(primary, &entries));
+    let bench = {
+        let cmd =
+            proxy.pgbench_cmd(APP_USER, APP_PASSWORD, &db, &["-S", "-c", "4", "-j", "2", "-T", "10", "-n"]);
+        std::thread::spawn(move || run(cmd, None, Duration::from_secs(60)))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    replica.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    replica.start_again();
+    let out = bench.join().unwrap();
+    assert!(out.success(), "pgbench failed while the replica restarted: {out}\n{}", proxy.logs());
+    assert!(!out.all().contains("aborted"), "{out}");
+    assert!(proxy.log_shows("banned host"), "{}", proxy.logs());
 }

@@ -1,8 +1,9 @@
 //! The control thread: everything slow or global, never on the per-message
 //! path. It turns SIGINT/SIGTERM into a graceful shutdown, and runs the JWKS
-//! refresher ([`jwks`]) on a thread of its own; later issues add health
-//! checks, reload and stats here.
+//! refresher ([`jwks`]) and the host health checks ([`health`]) on threads of
+//! their own; later issues add reload and stats here.
 
+pub mod health;
 pub mod jwks;
 
 use std::sync::atomic::Ordering;
@@ -20,6 +21,9 @@ use crate::shard::ShardHandle;
 pub fn run(shared: Arc<Shared>, shards: Vec<ShardHandle>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     if let Err(e) = jwks::spawn(shared.clone()) {
+        log::error!("{e}");
+    }
+    if let Err(e) = health::spawn(shared.clone()) {
         log::error!("{e}");
     }
     if let Some(sig) = signals.forever().next() {

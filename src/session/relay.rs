@@ -26,6 +26,7 @@ use crate::protocol::backend;
 use crate::protocol::frame::{self, Reader, Writer, HEADER_LEN};
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::ProtocolError;
+use crate::route::cluster::Want;
 use crate::session::ctx::Check;
 use crate::session::ctx::ShardCtx;
 use crate::session::flow::{Expect, Fake, Flow, Undo, Verdict};
@@ -45,6 +46,9 @@ const ROLE_INSPECT_MAX: usize = 1024 * 1024;
 const ROLE_REFUSAL: &str =
     "statement refused: this session is locked to the role its token names; SET ROLE, \
      RESET ROLE, SET SESSION AUTHORIZATION, set_config(), DO blocks and DISCARD ALL are not allowed";
+
+/// Most times one read-only request is sent again after its server closed.
+const MAX_RETRIES: u32 = 8;
 
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
@@ -126,6 +130,24 @@ pub struct Relay {
     c_cipher: Vec<u8>,
     /// A read-only session saw read-only turned off: it must end.
     violation: Option<SessionError>,
+    /// The pool of the bound server (`session.pool` plus its host).
+    bound: usize,
+    /// The database has several hosts: each transaction is routed.
+    routed: bool,
+    /// A copy of the request just sent to a freshly bound server, kept
+    /// until the server's first answer is forwarded: if the server instead
+    /// closes (a restart, a dead pooled connection), the request goes to
+    /// another connection. Only requests that cannot write are kept.
+    retry_buf: Vec<u8>,
+    retry_armed: bool,
+    /// While armed, client bytes past the request wait (so that nothing is
+    /// sent that the copy does not hold): how many more may be processed.
+    retry_hold: usize,
+    /// The bound server closed before answering an armed request.
+    retry_now: bool,
+    /// Retries of the current request.
+    retries: u32,
+    retry_why: String,
 }
 
 /// What processing client input needs before it can go on.
@@ -178,7 +200,17 @@ impl Relay {
             tls,
             c_cipher,
             violation: None,
+            bound: 0,
+            routed: false,
+            retry_buf: Vec::new(),
+            retry_armed: false,
+            retry_hold: 0,
+            retry_now: false,
+            retries: 0,
+            retry_why: String::new(),
         };
+        r.bound = r.session.pool + r.session.host;
+        r.routed = !r.ctx.def(r.session.pool).cluster.single();
         if let Some(s) = server {
             r.bind(*s);
         }
@@ -199,7 +231,7 @@ impl Relay {
         let mut c_read = pin!(net::arm_read(None));
         let mut c_write = pin!(net::arm_write(None));
         let mut s_read = pin!(net::arm_read_cancelable(None));
-        let s_cancel = net::Canceller::new();
+        let mut s_cancel = net::Canceller::new();
         let mut s_write = pin!(net::arm_write(None));
         let shutdown_ctx = self.ctx.clone();
         let mut shutdown = pin!(shutdown_ctx.shutdown_signal());
@@ -235,8 +267,11 @@ impl Relay {
                 }
             }
             // Arm reads unless the other side is backed up.
+            // While a request's copy is kept, the client is not read: its
+            // next bytes wait in `c_in` (processed once the server answers).
             if c_read.is_none()
                 && !self.terminated
+                && !self.retry_armed
                 && self.s_out.len() < PENDING_LIMIT
                 && self.c_out.len() < PENDING_LIMIT
             {
@@ -322,11 +357,25 @@ impl Relay {
                     s.rd = Some(rd);
                     s.buf = buf;
                     match res {
+                        Ok(0) | Err(_) if self.retry_armed => {
+                            self.retry_now = true;
+                            self.retry_why = match res {
+                                Err(e) => e.to_string(),
+                                _ => "connection closed".into(),
+                            };
+                            Ok(())
+                        }
                         Ok(0) => {
                             Err(End::Error(SessionError::ServerLost("server closed the connection".into())))
                         }
                         Err(e) => Err(End::Error(SessionError::ServerLost(e.to_string()))),
-                        Ok(_) => self.process_server().await,
+                        Ok(_) => match self.process_server().await {
+                            // Client input held while a retry was possible.
+                            Ok(()) if !self.retry_armed && !self.c_in.is_empty() && !self.retry_now => {
+                                self.process_client().await
+                            }
+                            other => other,
+                        },
                     }
                 }
                 Event::ClientWrite((wr, res, buf)) => {
@@ -352,6 +401,11 @@ impl Relay {
                             self.process_client().await
                         }
                         Ok(()) => self.maybe_release().await,
+                        Err(e) if self.retry_armed => {
+                            self.retry_now = true;
+                            self.retry_why = e.to_string();
+                            Ok(())
+                        }
                         Err(e) => Err(End::Error(SessionError::ServerLost(e.to_string()))),
                     }
                 }
@@ -362,6 +416,27 @@ impl Relay {
             };
             if let Err(end) = step {
                 break end;
+            }
+            if self.retry_now {
+                self.retry_now = false;
+                // Take the dead server's halves back from operations in flight.
+                if let Some(f) = s_read.as_mut().as_pin_mut() {
+                    std::mem::replace(&mut s_cancel, net::Canceller::new()).cancel();
+                    let (rd, _, buf) = f.await;
+                    s_read.set(net::arm_read_cancelable(None));
+                    if let Some(s) = self.server.as_mut() {
+                        s.rd = Some(rd);
+                        s.buf = buf;
+                    }
+                }
+                if let Some(f) = s_write.as_mut().as_pin_mut() {
+                    let _ = net::timeout(SETTLE_WRITE_TIMEOUT, f).await;
+                    s_write.set(net::arm_write(None));
+                }
+                let why = std::mem::take(&mut self.retry_why);
+                if let Err(end) = self.retry(&why).await {
+                    break end;
+                }
             }
             if shutting_down && self.server.is_none() && self.c_in.is_empty() && self.c_out.is_empty() {
                 break End::Shutdown;
@@ -420,19 +495,211 @@ impl Relay {
                         return Err(End::Error(SessionError::Shutdown));
                     }
                     self.check_expiry()?;
-                    let server = match self.ctx.checkout(self.session.pool).await {
+                    let base = self.session.pool;
+                    let mut retryable = false;
+                    let checkout = if self.routed {
+                        let Some(want) = self.want() else { return Ok(()) };
+                        retryable = self.mode == PoolMode::Transaction
+                            && (want == Want::Read || self.session.read_only)
+                            && self.retry_shape().is_some();
+                        self.ctx.checkout_routed(base, want).await
+                    } else {
+                        self.ctx.checkout(base).await.map(|s| (0, s))
+                    };
+                    let (host, mut server) = match checkout {
                         Ok(s) => s,
                         Err(e) => return self.refuse_request(e),
                     };
-                    let mut server = server;
                     if let Err(e) = login::sync_params(&mut server, &self.session.params).await {
-                        self.ctx.discard(self.session.pool, server);
+                        self.ctx.discard(base + host, server);
                         return self.refuse_request(e);
                     }
+                    self.session.host = host;
+                    self.bound = base + host;
                     self.bind(server);
+                    if retryable {
+                        self.arm_retry();
+                    } else {
+                        self.retries = 0;
+                    }
                 }
                 Err(e) => return Err(End::Error(e.into())),
             }
+        }
+    }
+
+    /// What the request at the start of `c_in` needs from the database's
+    /// hosts; `None` while more of it must arrive to decide.
+    fn want(&mut self) -> Option<Want> {
+        if self.session.read_only {
+            return Some(Want::ReadOnlyUser);
+        }
+        if self.mode == PoolMode::Session
+            || self.session.pin_primary
+            || !self.ctx.shared.config.general.read_write_split
+        {
+            return Some(Want::Primary);
+        }
+        match self.request_reads_only() {
+            Some(true) => Some(Want::Read),
+            Some(false) => Some(Want::Primary),
+            None => None,
+        }
+    }
+
+    /// Whether the request at the start of `c_in` only reads: a whole simple
+    /// query, or extended-protocol messages up to a Sync, whose statements
+    /// all read ([`Self::reads_only`]). A Flush before the Sync, a function
+    /// call, or a statement whose text is not in view (an unnamed statement
+    /// prepared earlier) go to the primary. `None`: wait for more input.
+    fn request_reads_only(&mut self) -> Option<bool> {
+        let mut pos = 0;
+        let mut unnamed_reads = false;
+        let mut any = false;
+        loop {
+            let h = match frame::read_header(&self.c_in[pos..], self.max_msg) {
+                Ok(Some(h)) => h,
+                Ok(None) => return self.route_needs(pos + HEADER_LEN),
+                // The relay reports it.
+                Err(_) => return Some(false),
+            };
+            let end = pos + h.total_len();
+            if end > self.c_in.len() {
+                return self.route_needs(end);
+            }
+            let body = &self.c_in[pos + HEADER_LEN..end];
+            match h.tag {
+                b'Q' if pos == 0 => return Some(self.reads_only(body.strip_suffix(&[0]).unwrap_or(body))),
+                b'P' => {
+                    let Ok((name, query, _)) = decode_parse(body) else { return Some(false) };
+                    if !self.reads_only(query) {
+                        return Some(false);
+                    }
+                    unnamed_reads |= name.is_empty();
+                    any = true;
+                }
+                b'B' => {
+                    let mut r = Reader::new(b'B', body);
+                    let (Ok(_), Ok(stmt)) = (r.cstr("portal"), r.cstr("statement")) else {
+                        return Some(false);
+                    };
+                    let known = if stmt.is_empty() {
+                        unnamed_reads
+                    } else {
+                        let def = self.stmts.get(stmt).cloned();
+                        def.is_some_and(|d| self.reads_only(&d.query))
+                    };
+                    if !known {
+                        return Some(false);
+                    }
+                    any = true;
+                }
+                b'D' | b'E' | b'C' => {}
+                b'S' => return Some(any),
+                _ => return Some(false),
+            }
+            pos = end;
+        }
+    }
+
+    /// The length of the request at the start of `c_in` if it can be
+    /// replayed on another connection: a whole simple query that does not
+    /// touch SQL-level prepared statements, or unnamed Parse, Bind,
+    /// Describe and Execute messages up to a Sync (named Parse and Close
+    /// change what the client has prepared, Flush waits for answers).
+    fn retry_shape(&self) -> Option<usize> {
+        let mut pos = 0;
+        loop {
+            let (h, body) = frame::read_message(&self.c_in[pos..], self.max_msg).ok()??;
+            pos += h.total_len();
+            match h.tag {
+                b'Q' if pos == h.total_len() => {
+                    let text = body.strip_suffix(&[0]).unwrap_or(body);
+                    return (sql_prepared(text).is_none() && pos <= ROLE_INSPECT_MAX).then_some(pos);
+                }
+                b'P' if body.first() == Some(&0) => {}
+                b'B' | b'D' | b'E' => {}
+                b'S' => return (pos <= ROLE_INSPECT_MAX).then_some(pos),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Keeps a copy of the request about to be relayed to the server just
+    /// bound, until its first answer.
+    fn arm_retry(&mut self) {
+        let Some(len) = self.retry_shape() else { return };
+        self.retry_buf.clear();
+        self.retry_buf.extend_from_slice(&self.c_in[..len]);
+        self.retry_armed = true;
+        self.retry_hold = len;
+    }
+
+    fn disarm_retry(&mut self) {
+        self.retry_armed = false;
+        self.retries = 0;
+    }
+
+    /// The bound server closed before answering a kept request: drop it
+    /// (and this shard's other idle connections to that host, likely closed
+    /// too), put the request back in front of the client's input, and
+    /// route it again. At most [`MAX_RETRIES`] times per request.
+    async fn retry(&mut self, why: &str) -> Result<(), End> {
+        self.retry_armed = false;
+        self.retry_hold = 0;
+        self.retries += 1;
+        let Some(server) = self.server.take() else { return Ok(()) };
+        self.session.cancel.unbind();
+        log::info!(
+            "shard {}: server {} closed before answering ({why}); sending the request of client pid {} again              (retry {})",
+            self.ctx.id,
+            server.addr,
+            self.session.pid,
+            self.retries
+        );
+        self.ctx.discard(self.bound, server);
+        let stale = self.ctx.with_slice(self.bound, |s| s.drain());
+        drop(stale);
+        self.s_out.clear();
+        self.s_skip = 0;
+        self.c_skip = 0;
+        self.flow.reset();
+        self.sql_pending.clear();
+        let rest = std::mem::take(&mut self.c_in);
+        self.c_in.extend_from_slice(&self.retry_buf);
+        self.c_in.extend_from_slice(&rest);
+        if self.retries > MAX_RETRIES {
+            return Err(End::Error(SessionError::ServerLost(format!(
+                "{why}; the request failed on {MAX_RETRIES} server connections in a row"
+            ))));
+        }
+        self.process_client().await
+    }
+
+    /// Waits for `need` bytes of a request to route, unless that is more
+    /// than inspection reads: then it goes to the primary.
+    fn route_needs(&mut self, need: usize) -> Option<bool> {
+        if need > ROLE_INSPECT_MAX {
+            return Some(false);
+        }
+        if self.c_in.capacity() < need {
+            self.c_in.reserve(need - self.c_in.len());
+        }
+        None
+    }
+
+    /// Whether a statement may run on a replica: it writes nothing by the
+    /// read-only inspection (lexer, then the grammar for what the lexer
+    /// flags), needs nothing only the primary has ([`crate::sql::needs_primary`]),
+    /// and does not mention pgwarden (a `/* pgwarden:primary */` hint, or
+    /// `SET pgwarden.route`).
+    fn reads_only(&self, text: &[u8]) -> bool {
+        if memchr_ci(text, b"pgwarden") || crate::sql::needs_primary(text) {
+            return false;
+        }
+        match crate::sql::may_write(text) {
+            None => true,
+            Some(_) => crate::sql::may_be_select(text) && self.ctx.grammar_clears(Check::Write, text),
         }
     }
 
@@ -502,6 +769,16 @@ impl Relay {
     fn client_step(&mut self) -> Result<Need, ProtocolError> {
         let mut pos = 0;
         let res = loop {
+            if self.retry_armed {
+                if self.retry_hold == 0 {
+                    break Ok(Need::Input);
+                }
+                // The request is whole (see `retry_shape`): stop after it.
+                if pos >= self.retry_hold {
+                    self.retry_hold = 0;
+                    break Ok(Need::Input);
+                }
+            }
             if self.discarding || self.c_skip_discard > 0 {
                 match self.discard_step(pos)? {
                     Some(n) => {
@@ -624,8 +901,10 @@ impl Relay {
         let inspect = self.session.role_locked || self.session.read_only;
         // Inspected even while the server is thought to skip to Sync: that
         // guess can be wrong, and rewriting an ignored message is harmless.
-        if inspect && matches!(h.tag, b'Q' | b'P' | b'F') {
-            if !whole {
+        // With several hosts, whole statements are also read for pgwarden's
+        // routing settings (larger ones stream on unread).
+        if (inspect || self.routed) && matches!(h.tag, b'Q' | b'P' | b'F') {
+            if !whole && inspect {
                 if h.total_len() > ROLE_INSPECT_MAX {
                     return Err(ProtocolError::TooLarge {
                         tag: h.tag,
@@ -635,7 +914,7 @@ impl Relay {
                 }
                 return self.need_whole(h, pos);
             }
-            if self.refuse_unsafe(h, pos)? {
+            if whole && self.refuse_unsafe(h, pos, inspect)? {
                 h = frame::read_header(&self.c_in[pos..], self.max_msg)?.expect("rewritten message is whole");
                 whole = true;
             }
@@ -814,24 +1093,29 @@ impl Relay {
     /// makes the server raise the refusal (in order, failing the transaction
     /// as a refused statement would). A Parse keeps its name: executing it
     /// raises. Returns whether the message at `pos` was rewritten.
-    fn refuse_unsafe(&mut self, h: frame::Header, pos: usize) -> Result<bool, ProtocolError> {
+    fn refuse_unsafe(&mut self, h: frame::Header, pos: usize, inspect: bool) -> Result<bool, ProtocolError> {
         let body = &self.c_in[pos + HEADER_LEN..pos + h.total_len()];
         let mut out = Vec::new();
         match h.tag {
             b'Q' => {
                 let text = body.strip_suffix(&[0]).unwrap_or(body);
-                let Some((code, msg)) = self.refusal(text) else { return Ok(false) };
+                let routing = if self.routed { route_statement(&mut self.session, text) } else { None };
+                let refused = routing.or_else(|| if inspect { self.refusal(text) } else { None });
+                let Some((code, msg)) = refused else { return Ok(false) };
                 let mut w = Writer::new(&mut out, b'Q');
                 w.cstr(crate::sql::raise_sql(code, &msg).as_bytes());
                 w.finish();
             }
             b'P' => {
                 let (name, query, _) = decode_parse(body)?;
-                let Some((code, msg)) = self.refusal(query) else { return Ok(false) };
+                let routing = if self.routed { route_statement(&mut self.session, query) } else { None };
+                let refused = routing.or_else(|| if inspect { self.refusal(query) } else { None });
+                let Some((code, msg)) = refused else { return Ok(false) };
                 let mut w = Writer::new(&mut out, b'P');
                 w.cstr(name).cstr(crate::sql::raise_sql(code, &msg).as_bytes()).i16(0);
                 w.finish();
             }
+            _ if !inspect => return Ok(false),
             _ => {
                 // FunctionCall names a function by OID (set_config, nextval
                 // have one): not inspectable, so not allowed.
@@ -1103,6 +1387,13 @@ impl Relay {
                 break Ok(());
             }
             let body = &buf[pos + HEADER_LEN..(pos + h.total_len()).min(buf.len())];
+            if self.retry_armed && h.tag == b'E' && PgError::parse(body).severity == "FATAL" {
+                // Closing, not answering: the request goes elsewhere.
+                self.retry_now = true;
+                self.retry_why = PgError::parse(body).to_string();
+                pos = buf.len();
+                break Ok(());
+            }
             let status = if h.tag == b'Z' { body.first().copied().unwrap_or(0) } else { 0 };
             let client_query = self.flow.answering_client_query();
             let verdict = self.flow.on_server(h.tag, status);
@@ -1145,6 +1436,9 @@ impl Relay {
             }
             let n = (buf.len() - pos).min(h.total_len());
             let forward = verdict != Verdict::Swallow;
+            if forward && self.retry_armed {
+                self.disarm_retry();
+            }
             if forward {
                 self.c_out.extend_from_slice(&buf[pos..pos + n]);
             }
@@ -1318,7 +1612,7 @@ impl Relay {
     /// Returns a server at a clean boundary: straight to the pool, or via
     /// a cleanup task when the client left session state on it.
     fn return_server(&self, server: ServerConn) {
-        let pool = self.session.pool;
+        let pool = self.bound;
         if server.dirty == Default::default() {
             self.ctx.release(pool, server);
         } else {
@@ -1331,7 +1625,7 @@ impl Relay {
     pub fn abandon_server(&mut self) {
         let Some(mut server) = self.server.take() else { return };
         self.session.cancel.unbind();
-        let pool = self.session.pool;
+        let pool = self.bound;
         let clean_boundary = self.flow.quiet()
             && !self.flow.broken()
             && self.c_skip == 0
@@ -1352,6 +1646,45 @@ impl Relay {
             self.return_server(server);
         }
     }
+}
+
+/// Applies pgwarden's routing statements in `text` to the session: `SET
+/// pgwarden.route = 'primary' | 'auto'` pins or unpins it. Returns the
+/// refusal for an unknown value (22023), and for a read-only session's
+/// attempt to reach the primary (25006).
+fn route_statement(session: &mut Session, text: &[u8]) -> Option<(&'static str, String)> {
+    if !memchr_ci(text, b"pgwarden") {
+        return None;
+    }
+    let setting = crate::sql::route_setting(text);
+    let to_primary = matches!(setting, Some(Ok(true))) || memchr_ci(text, b"pgwarden:primary");
+    if session.read_only && to_primary {
+        return Some((
+            "25006",
+            "statement refused: this session is read-only and served by replicas; SET pgwarden.route = \
+             'primary' and /* pgwarden:primary */ are not allowed"
+                .into(),
+        ));
+    }
+    match setting {
+        Some(Ok(pin)) => {
+            session.pin_primary = pin;
+            None
+        }
+        Some(Err(value)) => Some((
+            "22023",
+            format!(
+                "invalid value for parameter \"pgwarden.route\": \"{value}\"; use SET pgwarden.route = \
+                 'primary' (this session's transactions go to the primary) or 'auto' (routed by their SQL)"
+            ),
+        )),
+        None => None,
+    }
+}
+
+/// Whether `hay` contains `needle` (ASCII case-insensitive).
+fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// A decoded Parse: (statement name, query, parameter types).

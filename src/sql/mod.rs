@@ -552,6 +552,20 @@ pub fn route_setting(text: &[u8]) -> Option<Result<bool, String>> {
     found
 }
 
+/// Whether `text` starts like a query the grammar could clear as a read
+/// (`SELECT`, `WITH`, `VALUES`, `TABLE`, or a parenthesis), so that other
+/// statements the lexer flagged skip the parse.
+pub fn may_be_select(text: &[u8]) -> bool {
+    let mut toks = Tokens { lx: Lexer { s: text, pos: 0, quoted_last: false } };
+    match toks.next() {
+        Some(Some(Tok::Word(w))) => {
+            word_is(w, b"select") || word_is(w, b"with") || word_is(w, b"values") || word_is(w, b"table")
+        }
+        Some(Some(Tok::Punct(b'('))) => true,
+        _ => false,
+    }
+}
+
 /// A token of [`Tokens`].
 enum Tok<'a> {
     Word(&'a [u8]),
