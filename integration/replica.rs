@@ -131,11 +131,19 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
 
     // The extended protocol: named statements prepared on one host run on
     // the other, reads on the replica, writes on the primary.
-    eventually_async("the replica has the table", async || {
-        one(&c, &format!("SELECT (to_regclass('{table}') IS NOT NULL)::text")).await == "true"
-    })
-    .await;
-    let read = c.prepare(&format!("SELECT inet_server_port()::text, count(*) FROM {table}")).await.unwrap();
+    // Prepared on the replica once it has replayed the CREATE.
+    let read_sql = format!("SELECT inet_server_port()::text, count(*) FROM {table}");
+    let start = Instant::now();
+    let read = loop {
+        match c.prepare(&read_sql).await {
+            Ok(st) => break st,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("not replayed yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("prepare on the replica: {e:?}"),
+        }
+    };
     let write = c
         .prepare(&format!("INSERT INTO {table} VALUES ($1) RETURNING inet_server_port()::text"))
         .await

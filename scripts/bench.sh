@@ -6,6 +6,7 @@
 #   scripts/bench.sh [--quick] [--workers N] [--no-pin] [--time SECS] [--scale N]
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
 #                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']... [--jwt | --jwt-only]
+#                    [--replica | --replica-only]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #
 # Cells: select-only (-S) and tpcb-like, protocols simple/extended/prepared,
@@ -21,6 +22,13 @@
 # transaction: the reconnect with the same token is served by the per-shard
 # token cache) and without (per-transaction cost of a role-locked session).
 # --jwt-only runs that table alone.
+#
+# --replica adds a table for read/write routing: a streaming replica of the
+# server (pg_basebackup -R) and a database name in pgwarden with both hosts.
+# Targets: direct (the primary), pgwarden to the primary alone (one host, no
+# routing), and pgwarden-split (the primary and the replica, reads routed
+# by SQL inspection). Select-only in the three protocols and tpcb-like, -c 16.
+# --replica-only runs that table alone.
 #
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
@@ -46,6 +54,7 @@ WITH_PGBOUNCER=1
 BUILD=1
 ONLY_CELLS=()
 JWT=0
+REPLICA=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -60,7 +69,9 @@ while [[ $# -gt 0 ]]; do
         --cell) ONLY_CELLS+=("$2"); shift ;;
         --jwt) JWT=1 ;;
         --jwt-only) JWT=1; ONLY_CELLS=(none) ;;
-        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --replica) REPLICA=1 ;;
+        --replica-only) REPLICA=1; ONLY_CELLS=(none) ;;
+        -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -115,6 +126,7 @@ cleanup() {
         kill -TERM "$PGB_PID" 2>/dev/null || true
     fi
     if [[ -n $WORK && -d $WORK ]]; then
+        [[ -d $WORK/replica ]] && { bash "$ROOT/scripts/pg.sh" stop "$WORK/replica" >/dev/null 2>&1 || true; }
         bash "$ROOT/scripts/pg.sh" stop "$WORK/pg" >/dev/null 2>&1 || true
         if [[ $rc -ne 0 ]]; then
             log "logs kept in $WORK"
@@ -160,6 +172,12 @@ log "initialising pgbench data, scale $SCALE..."
     { cat "$WORK/init.log" >&2; exit 1; }
 psql_su -d "$DB" -c "GRANT SELECT, UPDATE, INSERT ON ALL TABLES IN SCHEMA public TO bench_jwt"
 
+# A streaming replica (for --replica), taken after the data is loaded.
+if [[ $REPLICA -eq 1 ]]; then
+    REPLICA_PORT=$(free_port)
+    bash "$ROOT/scripts/pg.sh" replica "$WORK/pg" "$WORK/replica" "$REPLICA_PORT" 2>/dev/null
+fi
+
 # TLS certificate and JWT signing key (for --jwt).
 if [[ $JWT -eq 1 ]]; then
     mkdir -p "$WORK/certs"
@@ -188,6 +206,23 @@ port = $PG_PORT
 name = "$APP_USER"
 password = "$APP_PASSWORD"
 EOF
+if [[ $REPLICA -eq 1 ]]; then
+    cat >>"$WORK/pgwarden.toml" <<EOF
+
+[[databases]]
+name = "${DB}_split"
+host = "127.0.0.1"
+port = $PG_PORT
+database_name = "$DB"
+
+[[databases]]
+name = "${DB}_split"
+host = "127.0.0.1"
+port = $REPLICA_PORT
+database_name = "$DB"
+role = "replica"
+EOF
+fi
 # TLS and JWT only for --jwt: the main table measures the plain setup.
 if [[ $JWT -eq 1 ]]; then
     cat >>"$WORK/pgwarden.toml" <<EOF
@@ -319,6 +354,7 @@ target_pid() {
 target_user() { if [[ $1 == pgwarden-jwt-tls ]]; then echo bench_jwt; else echo "$APP_USER"; fi; }
 target_password() { if [[ $1 == pgwarden-jwt-tls ]]; then echo "$TOKEN"; else echo "$APP_PASSWORD"; fi; }
 target_sslmode() { if [[ $1 == *-tls ]]; then echo require; else echo disable; fi; }
+target_db() { if [[ $1 == pgwarden-split ]]; then echo "${DB}_split"; else echo "$DB"; fi; }
 
 ROWS=()
 run_cell() {
@@ -338,7 +374,7 @@ run_cell() {
     [[ -n $pid ]] && before=$(cpu_ticks "$pid")
     out=$(PGPASSWORD=$(target_password "$target") PGSSLMODE=$(target_sslmode "$target") \
         timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$(target_user "$target")" \
-        "${args[@]}" "$DB" 2>"$WORK/pgbench.err") || rc=$?
+        "${args[@]}" "$(target_db "$target")" 2>"$WORK/pgbench.err") || rc=$?
     [[ -n $pid ]] && after=$(cpu_ticks "$pid")
     local tps latency processed failed
     tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
@@ -399,6 +435,24 @@ if [[ $JWT -eq 1 ]]; then
     ROWS=("${MAIN_ROWS[@]}")
 fi
 
+REPLICA_ROWS=()
+if [[ $REPLICA -eq 1 ]]; then
+    log "read/write split over a primary and a replica"
+    MAIN_ROWS=("${ROWS[@]}")
+    ROWS=()
+    for cell in "select-only simple 16 -" "select-only extended 16 -" "select-only prepared 16 -" \
+        "tpcb-like simple 16 -"; do
+        read -r workload protocol clients extra <<<"$cell"
+        log "$workload $protocol -c $clients (replica)"
+        DIRECT_TPS=
+        for target in direct pgwarden pgwarden-split; do
+            run_cell "$workload" "$protocol" "$clients" "$extra" "$target"
+        done
+    done
+    REPLICA_ROWS=("${ROWS[@]}")
+    ROWS=("${MAIN_ROWS[@]}")
+fi
+
 # --- report -----------------------------------------------------------------
 {
     echo "## pgbench: direct vs pgwarden vs PgBouncer"
@@ -418,6 +472,14 @@ fi
         echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
         echo "|---|---|---:|---|---:|---:|---:|---:|"
         printf '%s\n' "${JWT_ROWS[@]}"
+    fi
+    if [[ ${#REPLICA_ROWS[@]} -gt 0 ]]; then
+        echo
+        echo "### Read/write split: direct to the primary, pgwarden to the primary alone, pgwarden over primary + replica"
+        echo
+        echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
+        echo "|---|---|---:|---|---:|---:|---:|---:|"
+        printf '%s\n' "${REPLICA_ROWS[@]}"
     fi
     if [[ -s $WORK/errors.log ]]; then
         echo

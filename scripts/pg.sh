@@ -5,6 +5,9 @@
 #   scripts/pg.sh stop DIR         stop it (fast shutdown)
 #   scripts/pg.sh psql DIR PORT [psql args...]
 #                                  psql as superuser "postgres" over the unix socket
+#   scripts/pg.sh replica PRIMARY_DIR DIR PORT
+#                                  a streaming replica of the server in PRIMARY_DIR
+#                                  (pg_basebackup -R over its socket), started on PORT
 #   scripts/pg.sh bindir           print the Postgres bin directory in use
 #
 # The server listens on 127.0.0.1 only; its unix socket lives in DIR itself.
@@ -97,6 +100,33 @@ EOF
     echo "pg.sh: Postgres $("$bin/postgres" -V | awk '{print $3}') running on 127.0.0.1:$port (socket in $dir, log $dir/postgres.log)" >&2
 }
 
+cmd_replica() {
+    [[ $# -eq 3 ]] || usage
+    local primary dir port bin data
+    [[ -d $1 ]] || die "no such directory: $1"
+    primary=$(cd "$1" && pwd -P)
+    dir=$(abs_dir "$2")
+    port=$3
+    [[ $port =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$port'"
+    bin=$(pg_bindir)
+    data=$dir/data
+    local pport
+    pport=$(awk -F' = ' '/^port/ {print $2}' "$primary/data/pgwarden-dev.conf")
+    if [[ $(id -u) -eq 0 ]]; then
+        chown postgres: "$dir"
+        chmod 700 "$dir"
+    fi
+    if [[ ! -s $data/PG_VERSION ]]; then
+        as_pg "$bin/pg_basebackup" -h "$primary" -p "$pport" -U postgres -R -X stream -c fast -D "$data" \
+            >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
+    fi
+    as_pg sh -c "sed -e 's/^port = .*/port = $port/' -e \"s|^unix_socket_directories = .*|unix_socket_directories = '$dir'|\" \
+        '$primary/data/pgwarden-dev.conf' > '$data/pgwarden-dev.conf'; echo 'hot_standby = on' >> '$data/pgwarden-dev.conf'"
+    as_pg "$bin/pg_ctl" start -D "$data" -l "$dir/postgres.log" -w -t 60 >/dev/null \
+        || { tail -n 30 "$dir/postgres.log" >&2 || true; die "pg_ctl start (replica) failed"; }
+    echo "pg.sh: replica of 127.0.0.1:$pport running on 127.0.0.1:$port (log $dir/postgres.log)" >&2
+}
+
 cmd_stop() {
     [[ $# -eq 1 ]] || usage
     local dir bin
@@ -126,6 +156,7 @@ command=$1
 shift
 case $command in
     start) cmd_start "$@" ;;
+    replica) cmd_replica "$@" ;;
     stop) cmd_stop "$@" ;;
     psql) cmd_psql "$@" ;;
     bindir) pg_bindir ;;

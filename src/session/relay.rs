@@ -357,7 +357,7 @@ impl Relay {
                     s.rd = Some(rd);
                     s.buf = buf;
                     match res {
-                        Ok(0) | Err(_) if self.retry_armed => {
+                        Ok(0) | Err(_) if self.retry_armed || self.idle_between_transactions() => {
                             self.retry_now = true;
                             self.retry_why = match res {
                                 Err(e) => e.to_string(),
@@ -637,7 +637,15 @@ impl Relay {
 
     fn disarm_retry(&mut self) {
         self.retry_armed = false;
+        self.retry_buf.clear();
         self.retries = 0;
+    }
+
+    /// A transaction-mode server that answered everything and has not been
+    /// released yet (its last write still settling): if it closes now, the
+    /// client lost nothing, and keeps its session.
+    fn idle_between_transactions(&self) -> bool {
+        self.mode == PoolMode::Transaction && !self.retry_armed && self.flow.idle() && self.s_out.is_empty()
     }
 
     /// The bound server closed before answering a kept request: drop it
@@ -645,18 +653,29 @@ impl Relay {
     /// too), put the request back in front of the client's input, and
     /// route it again. At most [`MAX_RETRIES`] times per request.
     async fn retry(&mut self, why: &str) -> Result<(), End> {
+        let replay = self.retry_armed;
         self.retry_armed = false;
         self.retry_hold = 0;
-        self.retries += 1;
         let Some(server) = self.server.take() else { return Ok(()) };
         self.session.cancel.unbind();
-        log::info!(
-            "shard {}: server {} closed before answering ({why}); sending the request of client pid {} again              (retry {})",
-            self.ctx.id,
-            server.addr,
-            self.session.pid,
-            self.retries
-        );
+        if replay {
+            self.retries += 1;
+            log::info!(
+                "shard {}: server {} closed before answering ({why}); sending the request of client pid {} again (retry {})",
+                self.ctx.id,
+                server.addr,
+                self.session.pid,
+                self.retries
+            );
+        } else {
+            self.retry_buf.clear();
+            log::info!(
+                "shard {}: server {} closed between transactions ({why}); client pid {} keeps its session",
+                self.ctx.id,
+                server.addr,
+                self.session.pid
+            );
+        }
         self.ctx.discard(self.bound, server);
         let stale = self.ctx.with_slice(self.bound, |s| s.drain());
         drop(stale);
@@ -1387,7 +1406,10 @@ impl Relay {
                 break Ok(());
             }
             let body = &buf[pos + HEADER_LEN..(pos + h.total_len()).min(buf.len())];
-            if self.retry_armed && h.tag == b'E' && PgError::parse(body).severity == "FATAL" {
+            if (self.retry_armed || self.idle_between_transactions())
+                && h.tag == b'E'
+                && PgError::parse(body).severity == "FATAL"
+            {
                 // Closing, not answering: the request goes elsewhere.
                 self.retry_now = true;
                 self.retry_why = PgError::parse(body).to_string();
