@@ -1406,8 +1406,8 @@ impl Relay {
                 break Ok(());
             }
             let body = &buf[pos + HEADER_LEN..(pos + h.total_len()).min(buf.len())];
-            if (self.retry_armed || self.idle_between_transactions())
-                && h.tag == b'E'
+            if h.tag == b'E'
+                && (self.retry_armed || self.idle_between_transactions())
                 && PgError::parse(body).severity == "FATAL"
             {
                 // Closing, not answering: the request goes elsewhere.
