@@ -244,12 +244,28 @@ async fn a_promoted_replica_is_a_primary_candidate_not_a_read_target() {
         Proxy::start(&config(primary, &with_replica(&replica, APP_DB, "primary_reads = \"fallback\"")));
     let (c, _t) = connect_app(&proxy).await;
     assert_eq!(one(&c, "SELECT inet_server_port()").await, replica.port().to_string());
+    // A second pgwarden whose configured primary is gone (nothing listens):
+    // writes have nowhere to go until the replica is promoted.
+    let gone = common::free_port();
+    let orphan = Proxy::start(&common::config_for_port(
+        gone,
+        &with_replica(&replica, APP_DB, "primary_reads = \"fallback\""),
+    ));
+    let (o, _t2) = connect_with(&orphan.tokio_config(APP_USER, APP_PASSWORD, APP_DB)).await.expect("login");
+    let (code, msg) = refused(&o, "SELECT inet_server_port(), txid_current()").await;
+    assert_eq!(code, "57P03", "{msg}");
     replica.promote();
-    eventually("the promotion is seen", || proxy.log_shows("promoted"));
+    eventually("the promotion is seen", || proxy.log_shows("promoted") && orphan.log_shows("promoted"));
     // No replica left: reads fall back to the primary, never the promoted host.
     for _ in 0..4 {
         assert_eq!(one(&c, "SELECT inet_server_port()").await, primary.port().to_string());
     }
+    // The promoted host takes writes where the configured primary is gone.
+    eventually_async("writes reach the promoted host", async || {
+        o.simple_query("SELECT txid_current()").await.is_ok()
+    })
+    .await;
+    assert_eq!(one(&o, "SELECT inet_server_port(), txid_current()").await, replica.port().to_string());
 }
 
 #[test]
@@ -278,4 +294,100 @@ fn pgbench_select_only_runs_without_errors_while_the_replica_restarts() {
     assert!(out.success(), "pgbench failed while the replica restarted: {out}\n{}", proxy.logs());
     assert!(!out.all().contains("aborted"), "{out}");
     assert!(proxy.log_shows("banned host"), "{}", proxy.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_roles_are_asked_of_each_server_and_settings_follow_the_client() {
+    let primary = PgServer::shared();
+    let replica = primary.start_replica();
+    // Both entries say "auto": pg_is_in_recovery() decides.
+    let cfg = format!(
+        "healthcheck_interval_ms = 200\nprimary_reads = \"exclude\"\n\
+         [[databases]]\nname = \"auto\"\nhost = \"127.0.0.1\"\nport = {}\ndatabase_name = \"{APP_DB}\"\nrole = \"auto\"\n\n\
+         [[databases]]\nname = \"auto\"\nhost = \"127.0.0.1\"\nport = {}\ndatabase_name = \"{APP_DB}\"\nrole = \"auto\"\n",
+        replica.port(),
+        primary.port()
+    );
+    let proxy = Proxy::start(&config(primary, &cfg));
+    eventually("both roles are known", || proxy.log_shows("is a primary") && proxy.log_shows("is a replica"));
+    let (c, _t) = connect_with(&proxy.tokio_config(APP_USER, APP_PASSWORD, "auto")).await.expect("login");
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, replica.port().to_string());
+    assert_eq!(one(&c, "SELECT inet_server_port(), txid_current()").await, primary.port().to_string());
+    // Settings that follow a client from one server connection to the next
+    // (reported ones, as in transaction pooling on one host) follow it
+    // across hosts too.
+    c.simple_query("SET application_name = 'pgw_route'").await.unwrap();
+    c.simple_query("SET TimeZone = 'Asia/Tokyo'").await.unwrap();
+    for sql in [
+        "SELECT current_setting('application_name') || current_setting('TimeZone')",
+        "/* pgwarden:primary */ SELECT current_setting('application_name') || current_setting('TimeZone')",
+    ] {
+        assert_eq!(one(&c, sql).await, "pgw_routeAsia/Tokyo", "{sql}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_is_banned_and_unbanned_when_it_catches_up() {
+    let primary = PgServer::shared();
+    let replica = primary.start_replica();
+    let proxy = Proxy::start(&config(
+        primary,
+        &with_replica(&replica, APP_DB, "max_replica_lag_ms = 300\nprimary_reads = \"fallback\""),
+    ));
+    let (c, _t) = connect_app(&proxy).await;
+    let rport = replica.port().to_string();
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, rport);
+    // Replay paused while the primary writes: the replica falls behind.
+    replica.psql_in(APP_DB, "SELECT pg_wal_replay_pause()");
+    let table = unique_name("pgwlag");
+    primary.exec(&format!("CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1)"));
+    eventually("the lagging replica is banned", || proxy.log_shows("exceeds max_replica_lag_ms"));
+    assert_eq!(one(&c, "SELECT inet_server_port()").await, primary.port().to_string());
+    replica.psql_in(APP_DB, "SELECT pg_wal_replay_resume()");
+    eventually("the replica is unbanned", || proxy.log_shows("unbanned host"));
+    eventually_async("reads are on the replica again", async || {
+        one(&c, "SELECT inet_server_port()").await == rport
+    })
+    .await;
+    primary.exec(&format!("DROP TABLE {table}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_token_never_reaches_the_primary() {
+    use pgwarden::auth::jwt::sign::generate_pkcs8;
+    use pgwarden::auth::jwt::{Algorithm, SigningKey};
+    let primary = PgServer::shared();
+    let prefix = unique_name("pgwrojwt");
+    let (auth, role) = (format!("{prefix}_auth"), format!("{prefix}_r"));
+    primary.exec(&format!(
+        "CREATE ROLE {auth} LOGIN NOINHERIT PASSWORD 'auth-secret'; CREATE ROLE {role} NOLOGIN; \
+         GRANT {role} TO {auth}"
+    ));
+    let replica = primary.start_replica();
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::ES256).unwrap()).unwrap();
+    let pem = dir.path().join("public.pem");
+    std::fs::write(&pem, key.public_pem()).unwrap();
+    let jwt = format!(
+        "[jwt]\npublic_key_file = {:?}\nrequire_tls = false\nserver_user = \"{auth}\"\n\
+         server_password = \"auth-secret\"\nauto_provision = true\nallowed_roles = [\"{prefix}_*\"]\n\
+         read_only_claim = \"scope\"\nread_only_values = [\"read\"]\n",
+        pem.to_str().unwrap()
+    );
+    let proxy = Proxy::start(&config(primary, &format!("{}{jwt}", with_replica(&replica, APP_DB, ""))));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({"sub": role, "scope": "read", "iat": now, "exp": now + 300});
+    let token = key.sign(Algorithm::ES256, None, claims.as_object().unwrap()).unwrap();
+    // The start-up check of the authenticator may still be connected.
+    eventually("no authenticator session on the primary", || primary.backend_count(&auth, APP_DB) == 0);
+    let (c, _t) = connect_with(&proxy.tokio_config(&role, &token, APP_DB)).await.expect("token login");
+    for _ in 0..4 {
+        assert_eq!(one(&c, "SELECT inet_server_port()").await, replica.port().to_string());
+    }
+    assert_eq!(one(&c, "SELECT current_user").await, role);
+    let (code, _) = refused(&c, "CREATE TABLE pgw_never (id int)").await;
+    assert_eq!(code, "25006");
+    let (code, _) = refused(&c, "SET pgwarden.route = 'primary'").await;
+    assert_eq!(code, "25006");
+    assert_eq!(primary.backend_count(&auth, APP_DB), 0, "the read-only token's session reached the primary");
 }

@@ -8,6 +8,8 @@
 #                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']... [--jwt | --jwt-only]
 #                    [--replica | --replica-only]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
+#   BASELINE_BIN=path scripts/bench.sh ...   also measure that binary (target
+#                                            pgwarden-base), same config, same run
 #
 # Cells: select-only (-S) and tpcb-like, protocols simple/extended/prepared,
 # -c 16 and -c 64, plus select-only simple -C (a new connection per
@@ -112,6 +114,7 @@ cpu_ticks() {
 
 WORK=
 PROXY_PID=
+BASE_PID=
 PGB_PID=
 cleanup() {
     local rc=$?
@@ -121,6 +124,10 @@ cleanup() {
         for _ in $(seq 1 350); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$PROXY_PID" 2>/dev/null || true
         wait "$PROXY_PID" 2>/dev/null || true
+    fi
+    if [[ -n $BASE_PID ]]; then
+        kill -TERM "$BASE_PID" 2>/dev/null || true
+        wait "$BASE_PID" 2>/dev/null || true
     fi
     if [[ -n $PGB_PID ]]; then
         kill -TERM "$PGB_PID" 2>/dev/null || true
@@ -265,6 +272,22 @@ fi
 PROXY_PORT=${PROXY_ADDR##*:}
 log "pgwarden pid $PROXY_PID on $PROXY_ADDR (workers $WORKERS)"
 
+# A baseline build beside it (BASELINE_BIN), for before/after in one run.
+BASE_PORT=
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    [[ -x $BASELINE_BIN ]] || { log "BASELINE_BIN is not executable: $BASELINE_BIN"; exit 1; }
+    "$BASELINE_BIN" --config "$WORK/pgwarden.toml" 2>"$WORK/pgwarden-base.log" &
+    BASE_PID=$!
+    for _ in $(seq 1 200); do
+        BASE_ADDR=$(grep -o 'listening on [^ ]*' "$WORK/pgwarden-base.log" | head -n 1 | awk '{print $3}' | tr -d ',' || true)
+        [[ -n $BASE_ADDR ]] && break
+        sleep 0.1
+    done
+    [[ -n ${BASE_ADDR:-} ]] || { cat "$WORK/pgwarden-base.log" >&2; log "baseline pgwarden did not start"; exit 1; }
+    BASE_PORT=${BASE_ADDR##*:}
+    log "baseline pgwarden ($BASELINE_BIN) pid $BASE_PID on $BASE_ADDR"
+fi
+
 # --- PgBouncer --------------------------------------------------------------
 PGB_VERSION=
 PGB_PREPARED=0
@@ -333,11 +356,13 @@ if [[ ${#ONLY_CELLS[@]} -gt 0 ]]; then
     done
 fi
 TARGETS=(direct pgwarden)
+[[ -n $BASE_PORT ]] && TARGETS+=(pgwarden-base)
 [[ $WITH_PGBOUNCER -eq 1 ]] && TARGETS+=(pgbouncer)
 
 target_port() {
     case $1 in
         direct) echo "$PG_PORT" ;;
+        pgwarden-base) echo "$BASE_PORT" ;;
         pgwarden*) echo "$PROXY_PORT" ;;
         pgbouncer) echo "$PGB_PORT" ;;
     esac
@@ -345,6 +370,7 @@ target_port() {
 target_pid() {
     case $1 in
         direct) echo "" ;;
+        pgwarden-base) echo "$BASE_PID" ;;
         pgwarden*) echo "$PROXY_PID" ;;
         pgbouncer) echo "$PGB_PID" ;;
     esac

@@ -19,10 +19,13 @@ use crate::session::ctx::Shared;
 use crate::session::server::{ServerConn, ServerLogin};
 
 /// Recovery state and replay lag in milliseconds, as one text value.
+/// A replica that has replayed no transaction since it started counts its
+/// lag from its start.
 const CHECK_SQL: &str = "SELECT pg_catalog.pg_is_in_recovery()::text || ',' || COALESCE(CASE \
     WHEN pg_catalog.pg_is_in_recovery() AND pg_catalog.pg_last_wal_receive_lsn() IS DISTINCT FROM \
     pg_catalog.pg_last_wal_replay_lsn() THEN (EXTRACT(EPOCH FROM pg_catalog.now() - \
-    pg_catalog.pg_last_xact_replay_timestamp()) * 1000)::bigint END, 0)::text";
+    COALESCE(pg_catalog.pg_last_xact_replay_timestamp(), pg_catalog.pg_postmaster_start_time())) * 1000)::bigint \
+    END, 0)::text";
 
 /// One host as the health thread tracks it.
 struct Probe {

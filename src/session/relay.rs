@@ -496,12 +496,14 @@ impl Relay {
                     }
                     self.check_expiry()?;
                     let base = self.session.pool;
-                    let mut retryable = false;
+                    let mut retry_len = None;
                     let checkout = if self.routed {
                         let Some(want) = self.want() else { return Ok(()) };
-                        retryable = self.mode == PoolMode::Transaction
+                        if self.mode == PoolMode::Transaction
                             && (want == Want::Read || self.session.read_only)
-                            && self.retry_shape().is_some();
+                        {
+                            retry_len = self.retry_shape();
+                        }
                         self.ctx.checkout_routed(base, want).await
                     } else {
                         self.ctx.checkout(base).await.map(|s| (0, s))
@@ -517,10 +519,9 @@ impl Relay {
                     self.session.host = host;
                     self.bound = base + host;
                     self.bind(server);
-                    if retryable {
-                        self.arm_retry();
-                    } else {
-                        self.retries = 0;
+                    match retry_len {
+                        Some(len) => self.arm_retry(len),
+                        None => self.retries = 0,
                     }
                 }
                 Err(e) => return Err(End::Error(e.into())),
@@ -627,8 +628,7 @@ impl Relay {
 
     /// Keeps a copy of the request about to be relayed to the server just
     /// bound, until its first answer.
-    fn arm_retry(&mut self) {
-        let Some(len) = self.retry_shape() else { return };
+    fn arm_retry(&mut self, len: usize) {
         self.retry_buf.clear();
         self.retry_buf.extend_from_slice(&self.c_in[..len]);
         self.retry_armed = true;
