@@ -92,8 +92,10 @@ async fn eventually_async(what: &str, mut f: impl AsyncFnMut() -> bool) {
 async fn reads_go_to_the_replica_and_writes_to_the_primary() {
     let primary = PgServer::shared();
     let replica = primary.start_replica();
-    let proxy =
-        Proxy::start(&config(primary, &with_replica(&replica, APP_DB, "primary_reads = \"exclude\"")));
+    let proxy = Proxy::start(&config(
+        primary,
+        &with_replica(&replica, APP_DB, "primary_reads = \"exclude\"\nlog_level = \"debug\""),
+    ));
     let (c, _t) = connect_app(&proxy).await;
     let rport = replica.port().to_string();
     let pport = primary.port().to_string();
@@ -119,6 +121,12 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
     c.simple_query("COMMIT").await.unwrap();
     // What only the primary can do, though it writes nothing.
     assert_eq!(one(&c, "SELECT inet_server_port(), pg_current_xact_id()").await, pport);
+    // Each transaction is routed afresh, however quickly the next follows
+    // (the previous server may not be back in its pool yet).
+    for i in 0..200 {
+        assert_eq!(one(&c, "SELECT inet_server_port()").await, rport, "read {i}");
+        assert_eq!(one(&c, "SELECT inet_server_port(), pg_current_xact_id()").await, pport, "primary {i}");
+    }
     // Hints and the session setting pin to the primary.
     assert_eq!(one(&c, "/* pgwarden:primary */ SELECT inet_server_port()").await, pport);
     c.simple_query("SET pgwarden.route = 'primary'").await.unwrap();
@@ -131,6 +139,10 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
 
     // The extended protocol: named statements prepared on one host run on
     // the other, reads on the replica, writes on the primary.
+    // Replication is asynchronous: wait until the replica has the rows.
+    eventually("the replica replays the inserts", || {
+        replica.psql_in(APP_DB, &format!("SELECT count(*) FROM {table}")).trim() == "3"
+    });
     // Prepared on the replica once it has replayed the CREATE.
     let read_sql = format!("SELECT inet_server_port()::text, count(*) FROM {table}");
     let start = Instant::now();
@@ -149,7 +161,20 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         .await
         .unwrap();
     for i in 0..5 {
-        let r = c.query_one(&read, &[]).await.unwrap();
+        let r = match c.query_one(&read, &[]).await {
+            Ok(r) => r,
+            Err(e) => {
+                let d = replica.psql_in(
+                    APP_DB,
+                    &format!(
+                        "SELECT to_regclass('{table}'), pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn()"
+                    ),
+                );
+                let p =
+                    primary.psql_in(APP_DB, &format!("SELECT to_regclass('{table}'), pg_current_wal_lsn()"));
+                panic!("read {i}: {e:?}\nreplica: {d}\nprimary: {p}\n{}", proxy.logs());
+            }
+        };
         assert_eq!(r.get::<_, String>(0), rport);
         let w = c.query_one(&write, &[&(10 + i)]).await.unwrap();
         assert_eq!(w.get::<_, String>(0), pport);

@@ -148,6 +148,9 @@ pub struct Relay {
     /// Retries of the current request.
     retries: u32,
     retry_why: String,
+    /// The bound server has answered a request since it was bound (so an
+    /// idle flow means "done", not "not started").
+    answered: bool,
 }
 
 /// What processing client input needs before it can go on.
@@ -208,6 +211,7 @@ impl Relay {
             retry_now: false,
             retries: 0,
             retry_why: String::new(),
+            answered: false,
         };
         r.bound = r.session.pool + r.session.host;
         r.routed = !r.ctx.def(r.session.pool).cluster.single();
@@ -221,6 +225,7 @@ impl Relay {
         log::trace!("shard {}: client pid {} binds server pid {}", self.ctx.id, self.session.pid, s.pid);
         self.session.cancel.bind(s.target, s.pid, s.key);
         self.flow.reset();
+        self.answered = false;
         self.server = Some(s);
     }
 
@@ -288,7 +293,10 @@ impl Relay {
                     c_read.set(net::arm_read(Some((rd, buf))));
                 }
             }
-            if s_read.is_none() && self.c_out.len() < PENDING_LIMIT {
+            // A transaction-mode server that answered everything is about to
+            // go back to the pool: not read, so that its release (which needs
+            // both halves home) is not put off until it sends again.
+            if s_read.is_none() && self.c_out.len() < PENDING_LIMIT && !self.awaiting_release() {
                 if let Some(rd) = self.server.as_mut().and_then(|s| s.rd.take()) {
                     let buf = std::mem::take(&mut self.server.as_mut().expect("bound").buf);
                     s_read.set(net::arm_read_cancelable(Some((rd, buf, s_cancel.handle()))));
@@ -396,9 +404,13 @@ impl Relay {
                         None => drop(wr),
                     }
                     match res {
-                        // Input held back while the server was slow to read.
+                        // Input held back while the server was slow to read,
+                        // or until the server went back to the pool.
                         Ok(()) if !self.c_in.is_empty() && self.server.is_some() => {
-                            self.process_client().await
+                            match self.maybe_release().await {
+                                Ok(()) => self.process_client().await,
+                                Err(end) => Err(end),
+                            }
                         }
                         Ok(()) => self.maybe_release().await,
                         Err(e) if self.retry_armed => {
@@ -497,8 +509,10 @@ impl Relay {
                     self.check_expiry()?;
                     let base = self.session.pool;
                     let mut retry_len = None;
+                    let mut wanted = None;
                     let checkout = if self.routed {
                         let Some(want) = self.want() else { return Ok(()) };
+                        wanted = Some(want);
                         if self.mode == PoolMode::Transaction
                             && (want == Want::Read || self.session.read_only)
                         {
@@ -516,6 +530,12 @@ impl Relay {
                         self.ctx.discard(base + host, server);
                         return self.refuse_request(e);
                     }
+                    log::debug!(
+                        "shard {}: client pid {} routed to host {host} for {wanted:?} (server pid {})",
+                        self.ctx.id,
+                        self.session.pid,
+                        server.pid
+                    );
                     self.session.host = host;
                     self.bound = base + host;
                     self.bind(server);
@@ -639,6 +659,19 @@ impl Relay {
         self.retry_armed = false;
         self.retry_buf.clear();
         self.retries = 0;
+    }
+
+    /// A bound transaction-mode server with nothing outstanding: it goes
+    /// back to the pool as soon as its halves are home.
+    fn awaiting_release(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.answered
+            && !self.retry_armed
+            && self.c_skip == 0
+            && self.s_skip == 0
+            && self.s_out.is_empty()
+            && self.flow.idle()
+            && self.server.as_ref().is_some_and(|s| s.buf.is_empty())
     }
 
     /// A transaction-mode server that answered everything and has not been
@@ -821,6 +854,11 @@ impl Relay {
             let Some(h) = frame::read_header(avail, self.max_msg)? else { break Ok(Need::Input) };
             if h.tag == b'X' {
                 break Ok(Need::Terminate);
+            }
+            if self.routed && self.awaiting_release() {
+                // A new transaction: routed afresh once this server is back
+                // in the pool (its last write is settling).
+                break Ok(Need::Input);
             }
             if self.server.is_none() {
                 match self.answer_locally(pos)? {
@@ -1372,6 +1410,9 @@ impl Relay {
     /// transaction ended.
     async fn process_server(&mut self) -> Result<(), End> {
         self.server_step().map_err(|e| End::Error(SessionError::server_protocol(e)))?;
+        if self.flow.idle() {
+            self.answered = true;
+        }
         if let Some(v) = self.violation.take() {
             return Err(End::Error(v));
         }
