@@ -392,6 +392,8 @@ impl PgServer {
                  synchronous_commit = off\n\
                  full_page_writes = off\n\
                  password_encryption = 'scram-sha-256'\n\
+                 wal_keep_size = '1GB'\n\
+                 max_wal_senders = 20\n\
                  log_line_prefix = '%m [%p] %q%u@%d '\n",
                 root.display()
             );

@@ -36,6 +36,8 @@ struct Probe {
     login: ServerLogin,
     /// A configured primary seen in recovery was logged.
     warned_recovery: bool,
+    /// Why the last check failed, for the ban's log line.
+    last_error: String,
 }
 
 /// Starts the health thread when some database has more than one host.
@@ -86,6 +88,7 @@ fn probes(shared: &Shared) -> Vec<Probe> {
                     connect_timeout: Duration::from_millis(g.healthcheck_timeout_ms),
                 },
                 warned_recovery: false,
+                last_error: String::new(),
             });
         }
     }
@@ -210,7 +213,7 @@ fn observe(p: &mut Probe, check: Check, max_lag: Duration, ban: Duration) {
         (_, Transition::Banned(reason)) => {
             host.ban(now_ms, ban);
             let why = match reason {
-                BanReason::Unreachable => "it does not answer health checks".to_string(),
+                BanReason::Unreachable => format!("health check failed: {}", p.last_error),
                 BanReason::Lagging(lag) => {
                     format!("its replay lag {} ms exceeds max_replica_lag_ms", lag.as_millis())
                 }

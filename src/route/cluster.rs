@@ -168,9 +168,20 @@ impl Cluster {
         self.hosts.len() == 1
     }
 
-    /// The first usable host that is (or became) a primary.
+    /// The first usable host that is (or became) a primary; when every
+    /// primary is banned, the first primary all the same: there is nowhere
+    /// else a write could go, and a ban from a slow health check must not
+    /// turn into an outage (a primary that is really down fails to connect).
     pub fn primary(&self, now: u64) -> Option<usize> {
+        self.usable_primary(now).or_else(|| self.any_primary())
+    }
+
+    fn usable_primary(&self, now: u64) -> Option<usize> {
         self.hosts.iter().position(|h| h.is(ROLE_PRIMARY, now))
+    }
+
+    fn any_primary(&self) -> Option<usize> {
+        self.hosts.iter().position(|h| h.role.load(Ordering::Acquire) == ROLE_PRIMARY)
     }
 
     /// A usable replica (and the primary too when `with_primary`), by the
@@ -232,16 +243,21 @@ impl Cluster {
             Want::Primary => self.primary(now).ok_or(NoHost::Primary),
             Want::Read if !g.read_write_split => self.primary(now).ok_or(NoHost::Primary),
             Want::Read => match g.primary_reads {
-                PrimaryReads::Include => self.pick_reader(now, true, lb, st, lent).ok_or(NoHost::Any),
+                PrimaryReads::Include => self
+                    .pick_reader(now, true, lb, st, lent)
+                    .or_else(|| self.any_primary())
+                    .ok_or(NoHost::Any),
                 PrimaryReads::Exclude => self.pick_reader(now, false, lb, st, lent).ok_or(NoHost::Replica),
                 PrimaryReads::Fallback => self
                     .pick_reader(now, false, lb, st, lent)
                     .or_else(|| self.primary(now))
                     .ok_or(NoHost::Any),
             },
-            Want::Login => {
-                self.primary(now).or_else(|| self.pick_reader(now, false, lb, st, lent)).ok_or(NoHost::Any)
-            }
+            Want::Login => self
+                .usable_primary(now)
+                .or_else(|| self.pick_reader(now, false, lb, st, lent))
+                .or_else(|| self.any_primary())
+                .ok_or(NoHost::Any),
             Want::ReadOnlyUser => match (self.pick_reader(now, false, lb, st, lent), g.read_only_fallback) {
                 (Some(i), _) => Ok(i),
                 (None, ReadOnlyFallback::Primary) => self.primary(now).ok_or(NoHost::Any),
@@ -263,9 +279,10 @@ impl Cluster {
                 "no replica of database \"{name}\" is available (each is down, banned or lagging), and \
                  general.primary_reads = \"exclude\" keeps reads off the primary; retry later"
             ),
-            (NoHost::Primary, _) => {
-                format!("the primary of database \"{name}\" is not available (down or banned); retry later")
-            }
+            (NoHost::Primary, _) => format!(
+                "database \"{name}\" has no primary yet (an \"auto\" host's role is unknown before its first \
+                 health check); retry later"
+            ),
             (NoHost::Any, _) => {
                 format!("no host of database \"{name}\" is available (each is down or banned); retry later")
             }
@@ -334,13 +351,26 @@ mod tests {
         g.read_only_fallback = ReadOnlyFallback::Primary;
         assert_eq!(c.choose(Want::ReadOnlyUser, &g, &mut st, none), Ok(0));
         c.hosts[0].ban(now_ms(), BAN);
-        assert_eq!(c.choose(Want::Primary, &g, &mut st, none), Err(NoHost::Primary));
+        // A banned primary is still the primary when there is no other.
+        assert_eq!(c.choose(Want::Primary, &g, &mut st, none), Ok(0));
         c.hosts[1].unban();
         // A promoted replica is a primary candidate, and no longer a reader.
         c.hosts[1].set_role(HostRole::Primary);
         assert_eq!(c.choose(Want::Primary, &g, &mut st, none), Ok(1));
         g.read_only_fallback = ReadOnlyFallback::Error;
         assert_eq!(c.choose(Want::ReadOnlyUser, &g, &mut st, none), Err(NoHost::Replica));
+    }
+
+    #[test]
+    fn a_login_takes_a_replica_when_the_primary_is_banned() {
+        let c = cluster(&[DbRole::Primary, DbRole::Replica]);
+        let g = General::default();
+        let mut st = PickState::new(0);
+        assert_eq!(c.choose(Want::Login, &g, &mut st, |_| 0), Ok(0));
+        c.hosts[0].ban(now_ms(), BAN);
+        assert_eq!(c.choose(Want::Login, &g, &mut st, |_| 0), Ok(1));
+        c.hosts[1].ban(now_ms(), BAN);
+        assert_eq!(c.choose(Want::Login, &g, &mut st, |_| 0), Ok(0), "the primary as a last resort");
     }
 
     #[test]

@@ -50,6 +50,12 @@ const ROLE_REFUSAL: &str =
 /// Most times one read-only request is sent again after its server closed.
 const MAX_RETRIES: u32 = 8;
 
+/// Most bytes of a kept request's answer held back (row descriptions and
+/// rows, before the command completes) so that a server that dies mid-answer
+/// can be replaced without the client seeing half an answer. Past this the
+/// answer streams to the client and the request is no longer replayed.
+const RETRY_HOLD_MAX: usize = 64 * 1024;
+
 /// Unsent bytes toward one side above which the other side is not read.
 pub const PENDING_LIMIT: usize = 256 * 1024;
 
@@ -148,6 +154,9 @@ pub struct Relay {
     /// Retries of the current request.
     retries: u32,
     retry_why: String,
+    /// The length of `c_out` when the kept request was sent: answer bytes
+    /// past it are held back, and dropped if the request is sent again.
+    retry_mark: usize,
     /// The bound server has answered a request since it was bound (so an
     /// idle flow means "done", not "not started").
     answered: bool,
@@ -211,6 +220,7 @@ impl Relay {
             retry_now: false,
             retries: 0,
             retry_why: String::new(),
+            retry_mark: 0,
             answered: false,
         };
         r.bound = r.session.pool + r.session.host;
@@ -251,7 +261,11 @@ impl Relay {
         }
         let end = loop {
             // Start writes that have bytes waiting.
-            if !self.c_out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+            // While a request may still be sent again, the first part of its
+            // answer is held back (see `RETRY_HOLD_MAX`).
+            let client_due = !self.retry_armed
+                && (!self.c_out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write()));
+            if client_due {
                 if let Some(wr) = c_wr.take() {
                     let buf = match self.tls.as_mut() {
                         Some(tls) => {
@@ -649,6 +663,7 @@ impl Relay {
     /// Keeps a copy of the request about to be relayed to the server just
     /// bound, until its first answer.
     fn arm_retry(&mut self, len: usize) {
+        self.retry_mark = self.c_out.len();
         self.retry_buf.clear();
         self.retry_buf.extend_from_slice(&self.c_in[..len]);
         self.retry_armed = true;
@@ -692,6 +707,8 @@ impl Relay {
         let Some(server) = self.server.take() else { return Ok(()) };
         self.session.cancel.unbind();
         if replay {
+            // What the dead server sent of its answer is dropped.
+            self.c_out.truncate(self.retry_mark);
             self.retries += 1;
             log::info!(
                 "shard {}: server {} closed before answering ({why}); sending the request of client pid {} again (retry {})",
@@ -1499,7 +1516,15 @@ impl Relay {
             }
             let n = (buf.len() - pos).min(h.total_len());
             let forward = verdict != Verdict::Swallow;
-            if forward && self.retry_armed {
+            // Rows may be held while the request could still go elsewhere;
+            // anything that ends or changes the answer, a partial message,
+            // or too much held, and the answer is the client's.
+            if forward
+                && self.retry_armed
+                && (!matches!(h.tag, b'T' | b'D' | b'1' | b'2' | b't' | b'n')
+                    || n < h.total_len()
+                    || self.c_out.len() + n - self.retry_mark > RETRY_HOLD_MAX)
+            {
                 self.disarm_retry();
             }
             if forward {
