@@ -59,7 +59,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// config has `app` on the primary), health checked every 200 ms.
 fn with_replica(replica: &PgServer, db: &str, general: &str) -> String {
     format!(
-        "healthcheck_interval_ms = 200\nhealthcheck_timeout_ms = 2000\nban_time_ms = 1000\n{general}\n\
+        "healthcheck_interval_ms = 200\nhealthcheck_timeout_ms = 10000\nban_time_ms = 1000\n{general}\n\
          [[databases]]\nname = \"{db}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\n\n",
         replica.port()
     )
@@ -186,6 +186,21 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         assert_eq!(w.get::<_, String>(0), pport);
     }
     assert_eq!(primary.query_i64(&format!("SELECT count(*) FROM {table}")), 8);
+    // Pipelined: a write sent right behind a read (before the read's answer)
+    // is routed on its own, to the primary, not relayed to the read's replica.
+    for i in 0..20 {
+        let v: i32 = 100 + i;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&v];
+        let (r, w) = futures_util::join!(c.query_one(&read, &[]), c.query_one(&write, &params));
+        assert_eq!(r.unwrap().get::<_, String>(0), rport, "pipelined read {i}");
+        assert_eq!(w.unwrap().get::<_, String>(0), pport, "pipelined write {i}");
+        // The same behind a statement being prepared (not replayable).
+        let text = format!("SELECT inet_server_port()::text, {i}");
+        let (p, w) = futures_util::join!(c.prepare(&text), c.query_one(&write, &params));
+        assert_eq!(c.query_one(&p.unwrap(), &[]).await.unwrap().get::<_, String>(0), rport);
+        assert_eq!(w.unwrap().get::<_, String>(0), pport, "pipelined write {i}");
+    }
+    assert_eq!(primary.query_i64(&format!("SELECT count(*) FROM {table}")), 48);
     // A read-only statement's own transaction on the replica: SELECT ...
     // FOR UPDATE would fail there, so it goes to the primary.
     let r =

@@ -18,14 +18,17 @@ use crate::route::{apply, BanReason, Check, Health, HostRole, Transition};
 use crate::session::ctx::Shared;
 use crate::session::server::{ServerConn, ServerLogin};
 
-/// Recovery state and replay lag in milliseconds, as one text value.
-/// A replica that has replayed no transaction since it started counts its
-/// lag from its start.
+/// Recovery state and replay lag in milliseconds, as one text value. The
+/// lag is 0 while a WAL receiver runs and everything received is replayed;
+/// otherwise (behind, or not receiving at all) it is the age of the last
+/// replayed transaction, or the time since the replica started if it
+/// replayed none.
 const CHECK_SQL: &str = "SELECT pg_catalog.pg_is_in_recovery()::text || ',' || COALESCE(CASE \
-    WHEN pg_catalog.pg_is_in_recovery() AND pg_catalog.pg_last_wal_receive_lsn() IS DISTINCT FROM \
-    pg_catalog.pg_last_wal_replay_lsn() THEN (EXTRACT(EPOCH FROM pg_catalog.now() - \
-    COALESCE(pg_catalog.pg_last_xact_replay_timestamp(), pg_catalog.pg_postmaster_start_time())) * 1000)::bigint \
-    END, 0)::text";
+    WHEN NOT pg_catalog.pg_is_in_recovery() THEN 0 \
+    WHEN pg_catalog.pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_catalog.pg_last_wal_replay_lsn() \
+    AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver) THEN 0 \
+    ELSE (EXTRACT(EPOCH FROM pg_catalog.now() - COALESCE(pg_catalog.pg_last_xact_replay_timestamp(), \
+    pg_catalog.pg_postmaster_start_time())) * 1000)::bigint END, 0)::text";
 
 /// One host as the health thread tracks it.
 struct Probe {
@@ -34,8 +37,8 @@ struct Probe {
     health: Health,
     conn: Option<ServerConn>,
     login: ServerLogin,
-    /// A configured primary seen in recovery was logged.
-    warned_recovery: bool,
+    /// A failed login of the health check was logged.
+    warned_login: bool,
     /// Why the last check failed, for the ban's log line.
     last_error: String,
 }
@@ -87,7 +90,7 @@ fn probes(shared: &Shared) -> Vec<Probe> {
                     scram_keys: None,
                     connect_timeout: Duration::from_millis(g.healthcheck_timeout_ms),
                 },
-                warned_recovery: false,
+                warned_login: false,
                 last_error: String::new(),
             });
         }
@@ -127,25 +130,36 @@ async fn probe(p: &mut Probe, timeout: Duration) -> Check {
         p.conn.as_mut().expect("connected above").query_value(CHECK_SQL).await
     })
     .await;
+    let label = &p.cluster.hosts[p.host].label;
     let value = match res {
         Some(Ok(Ok(Some(v)))) => v,
         Some(Ok(Ok(None))) => String::new(),
+        // The server answered but refused the health check's login: that
+        // says nothing about its health (the shards log in as other users).
+        // Keep what is known, and say what to fix.
+        Some(Err(e)) if login_refused(&e) => {
+            p.conn = None;
+            if !std::mem::replace(&mut p.warned_login, true) {
+                log::error!(
+                    "health check of host {label} cannot log in: {e}; set general.healthcheck_user and \
+                     healthcheck_password to a role that may connect (until then its role and lag are not checked)"
+                );
+            }
+            let in_recovery = p.cluster.hosts[p.host].role() == Some(HostRole::Replica);
+            return Check::Up { in_recovery, lag: None };
+        }
         Some(Ok(Err(e))) => {
-            log::debug!("health check of {}: {e}", p.cluster.hosts[p.host].label);
+            p.last_error = e.to_string();
             p.conn = None;
             return Check::Down;
         }
         Some(Err(e)) => {
-            log::debug!("health check of {}: {e}", p.cluster.hosts[p.host].label);
+            p.last_error = e.to_string();
             p.conn = None;
             return Check::Down;
         }
         None => {
-            log::debug!(
-                "health check of {}: no answer within {} ms",
-                p.cluster.hosts[p.host].label,
-                timeout.as_millis()
-            );
+            p.last_error = format!("no answer within healthcheck_timeout_ms ({} ms)", timeout.as_millis());
             p.conn = None;
             return Check::Down;
         }
@@ -154,6 +168,16 @@ async fn probe(p: &mut Probe, timeout: Duration) -> Check {
     let in_recovery = parts.next() == Some("true");
     let lag = parts.next().and_then(|l| l.parse::<u64>().ok()).map(Duration::from_millis);
     Check::Up { in_recovery, lag: if in_recovery { lag } else { None } }
+}
+
+/// A login the server refused for who asked, not for its own state.
+fn login_refused(e: &crate::session::SessionError) -> bool {
+    use crate::session::SessionError;
+    match e {
+        SessionError::ServerAuth(_) => true,
+        SessionError::ServerRefused(pg) => pg.code.starts_with("28") || pg.code == "3D000",
+        _ => false,
+    }
 }
 
 /// Applies a check to a probe and publishes the result to the shards.
@@ -172,27 +196,35 @@ fn observe(p: &mut Probe, check: Check, max_lag: Duration, ban: Duration) {
             p.health.banned_until = Some((until, reason));
         }
     }
+    // The role follows what the server says, whatever the configuration:
+    // a promoted replica is a primary candidate and no read target, an old
+    // primary that rejoined as a standby is no primary candidate.
     if let Check::Up { in_recovery, .. } = check {
         let observed = if in_recovery { HostRole::Replica } else { HostRole::Primary };
-        match host.configured {
-            DbRole::Auto if host.role() != Some(observed) => {
-                log::info!(
+        let before = host.role();
+        if before != Some(observed) {
+            p.health.role = observed;
+            host.set_role(observed);
+            match before {
+                Some(HostRole::Replica) => {
+                    host.unban();
+                    log::warn!(
+                        "host {} of database \"{name}\" left recovery (promoted): it is a primary candidate from \
+                         now on, and no longer a read target",
+                        host.label
+                    );
+                }
+                Some(HostRole::Primary) => log::warn!(
+                    "host {} of database \"{name}\" is in recovery: no longer a primary candidate; a read target \
+                     while healthy",
+                    host.label
+                ),
+                None => log::info!(
                     "host {} of database \"{name}\" is a {} (pg_is_in_recovery() = {in_recovery})",
                     host.label,
                     if in_recovery { "replica" } else { "primary" }
-                );
-                p.health.role = observed;
-                host.set_role(observed);
+                ),
             }
-            DbRole::Primary if in_recovery && !p.warned_recovery => {
-                p.warned_recovery = true;
-                log::warn!(
-                    "host {} of database \"{name}\" is configured as the primary but is in recovery: writes \
-                     sent to it fail; fix its role in [[databases]]",
-                    host.label
-                );
-            }
-            _ => {}
         }
     }
     let transition = apply(&mut p.health, check, now, max_lag, ban);

@@ -848,8 +848,13 @@ impl Future for ShutdownSignal<'_> {
 pub fn host_failure(e: &SessionError) -> bool {
     match e {
         SessionError::ServerUnavailable(_) | SessionError::ServerLost(_) => true,
+        // 53300 is also a per-role or per-database connection limit: only
+        // the server-wide one ("too many clients") says the host is full.
         SessionError::ServerRefused(pg) => {
-            pg.code.starts_with("57P") || pg.code.starts_with("08") || pg.code.starts_with("53")
+            pg.code.starts_with("57P")
+                || pg.code.starts_with("08")
+                || (pg.code.starts_with("53") && pg.code != "53300")
+                || (pg.code == "53300" && pg.message.contains("too many clients"))
         }
         _ => false,
     }

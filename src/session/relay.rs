@@ -27,6 +27,7 @@ use crate::protocol::frame::{self, Reader, Writer, HEADER_LEN};
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::ProtocolError;
 use crate::route::cluster::Want;
+use crate::route::HostRole;
 use crate::session::ctx::Check;
 use crate::session::ctx::ShardCtx;
 use crate::session::flow::{Expect, Fake, Flow, Undo, Verdict};
@@ -146,9 +147,16 @@ pub struct Relay {
     /// another connection. Only requests that cannot write are kept.
     retry_buf: Vec<u8>,
     retry_armed: bool,
-    /// While armed, client bytes past the request wait (so that nothing is
-    /// sent that the copy does not hold): how many more may be processed.
-    retry_hold: usize,
+    /// Bytes of the routed request not yet processed: while the request is
+    /// kept (`retry_armed`) or its server is a replica (`route_held`), client
+    /// input past it waits, so that nothing is sent that the copy lacks and
+    /// no next transaction reaches a replica unrouted.
+    req_left: usize,
+    /// Bound to a replica for a request routed as a read: the next request
+    /// waits until this server is back in the pool, then is routed itself.
+    route_held: bool,
+    /// The length of the request `request_reads_only` last judged a read.
+    route_len: usize,
     /// The bound server closed before answering an armed request.
     retry_now: bool,
     /// Retries of the current request.
@@ -216,7 +224,9 @@ impl Relay {
             routed: false,
             retry_buf: Vec::new(),
             retry_armed: false,
-            retry_hold: 0,
+            req_left: 0,
+            route_held: false,
+            route_len: 0,
             retry_now: false,
             retries: 0,
             retry_why: String::new(),
@@ -286,11 +296,11 @@ impl Relay {
                 }
             }
             // Arm reads unless the other side is backed up.
-            // While a request's copy is kept, the client is not read: its
-            // next bytes wait in `c_in` (processed once the server answers).
+            // Input held back (see `req_left`) stays in `c_in`: the client is
+            // not read until it is processed, so it cannot end up in a read.
             if c_read.is_none()
                 && !self.terminated
-                && !self.retry_armed
+                && !self.input_held()
                 && self.s_out.len() < PENDING_LIMIT
                 && self.c_out.len() < PENDING_LIMIT
             {
@@ -553,9 +563,17 @@ impl Relay {
                     self.session.host = host;
                     self.bound = base + host;
                     self.bind(server);
+                    let standby = self.routed
+                        && self.ctx.def(base).cluster.hosts[host].role() == Some(HostRole::Replica);
+                    // A read on a replica: what follows it waits for routing.
+                    self.route_held = standby && wanted == Some(Want::Read);
+                    self.req_left = self.route_len;
+                    // Replayed only on a hot standby (a "read" on the primary
+                    // may call a function that writes), and only when no
+                    // earlier output is waiting (the answer is held back).
                     match retry_len {
-                        Some(len) => self.arm_retry(len),
-                        None => self.retries = 0,
+                        Some(len) if standby && self.c_out.is_empty() => self.arm_retry(len),
+                        _ => self.retries = 0,
                     }
                 }
                 Err(e) => return Err(End::Error(e.into())),
@@ -604,7 +622,10 @@ impl Relay {
             }
             let body = &self.c_in[pos + HEADER_LEN..end];
             match h.tag {
-                b'Q' if pos == 0 => return Some(self.reads_only(body.strip_suffix(&[0]).unwrap_or(body))),
+                b'Q' if pos == 0 => {
+                    self.route_len = end;
+                    return Some(self.reads_only(body.strip_suffix(&[0]).unwrap_or(body)));
+                }
                 b'P' => {
                     let Ok((name, query, _)) = decode_parse(body) else { return Some(false) };
                     if !self.reads_only(query) {
@@ -630,7 +651,10 @@ impl Relay {
                     any = true;
                 }
                 b'D' | b'E' | b'C' => {}
-                b'S' => return Some(any),
+                b'S' => {
+                    self.route_len = end;
+                    return Some(any);
+                }
                 _ => return Some(false),
             }
             pos = end;
@@ -667,7 +691,14 @@ impl Relay {
         self.retry_buf.clear();
         self.retry_buf.extend_from_slice(&self.c_in[..len]);
         self.retry_armed = true;
-        self.retry_hold = len;
+        self.req_left = len;
+    }
+
+    /// Client input waits in `c_in` for the bound server to answer or go
+    /// back to the pool.
+    fn input_held(&self) -> bool {
+        !self.c_in.is_empty()
+            && (self.retry_armed || self.route_held || (self.routed && self.awaiting_release()))
     }
 
     fn disarm_retry(&mut self) {
@@ -703,7 +734,10 @@ impl Relay {
     async fn retry(&mut self, why: &str) -> Result<(), End> {
         let replay = self.retry_armed;
         self.retry_armed = false;
-        self.retry_hold = 0;
+        self.route_held = false;
+        // The unprocessed tail of the request is in the copy already.
+        let tail = if replay { self.req_left.min(self.c_in.len()) } else { 0 };
+        self.req_left = 0;
         let Some(server) = self.server.take() else { return Ok(()) };
         self.session.cancel.unbind();
         if replay {
@@ -736,7 +770,7 @@ impl Relay {
         self.sql_pending.clear();
         let rest = std::mem::take(&mut self.c_in);
         self.c_in.extend_from_slice(&self.retry_buf);
-        self.c_in.extend_from_slice(&rest);
+        self.c_in.extend_from_slice(&rest[tail..]);
         if self.retries > MAX_RETRIES {
             return Err(End::Error(SessionError::ServerLost(format!(
                 "{why}; the request failed on {MAX_RETRIES} server connections in a row"
@@ -838,15 +872,9 @@ impl Relay {
     fn client_step(&mut self) -> Result<Need, ProtocolError> {
         let mut pos = 0;
         let res = loop {
-            if self.retry_armed {
-                if self.retry_hold == 0 {
-                    break Ok(Need::Input);
-                }
-                // The request is whole (see `retry_shape`): stop after it.
-                if pos >= self.retry_hold {
-                    self.retry_hold = 0;
-                    break Ok(Need::Input);
-                }
+            // The routed request is whole in `c_in`: stop after it.
+            if (self.retry_armed || self.route_held) && pos >= self.req_left {
+                break Ok(Need::Input);
             }
             if self.discarding || self.c_skip_discard > 0 {
                 match self.discard_step(pos)? {
@@ -895,6 +923,9 @@ impl Relay {
             }
         };
         self.c_in.drain(..pos);
+        if self.retry_armed || self.route_held {
+            self.req_left = self.req_left.saturating_sub(pos);
+        }
         self.emit_fakes();
         res
     }
@@ -1430,6 +1461,12 @@ impl Relay {
         if self.flow.idle() {
             self.answered = true;
         }
+        // The routed request is answered: inside a transaction what follows
+        // stays on this server; otherwise `awaiting_release` holds it until
+        // the server is back in the pool.
+        if self.route_held && self.flow.quiet() {
+            self.route_held = false;
+        }
         if let Some(v) = self.violation.take() {
             return Err(End::Error(v));
         }
@@ -1663,6 +1700,7 @@ impl Relay {
             && server.is_home()
             && server.buf.is_empty();
         if releasable {
+            self.route_held = false;
             let server = self.server.take().expect("bound");
             log::trace!(
                 "shard {}: client pid {} releases server pid {}",
@@ -1741,7 +1779,9 @@ impl Relay {
 /// refusal for an unknown value (22023), and for a read-only session's
 /// attempt to reach the primary (25006).
 fn route_statement(session: &mut Session, text: &[u8]) -> Option<(&'static str, String)> {
-    if !memchr_ci(text, b"pgwarden") {
+    // RESET ALL and DISCARD ALL end a pin too.
+    let ends_pin = session.pin_primary && (memchr_ci(text, b"reset") || memchr_ci(text, b"discard"));
+    if !memchr_ci(text, b"pgwarden") && !ends_pin {
         return None;
     }
     let setting = crate::sql::route_setting(text);

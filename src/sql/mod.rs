@@ -461,6 +461,20 @@ const PRIMARY_WORDS: &[&str] = &[
     "move",
     "close",
     "checkpoint",
+    "analyze",
+    "analyse",
+];
+
+/// Function name prefixes that write or fail on a hot standby: large
+/// objects, WAL and replication control.
+const PRIMARY_PREFIXES: &[&str] = &[
+    "lo_",
+    "pg_create_",
+    "pg_drop_",
+    "pg_switch_wal",
+    "pg_current_wal",
+    "pg_logical_emit",
+    "pg_replication_origin",
 ];
 
 /// Whether `text`, though it may write nothing, must still run on the
@@ -470,10 +484,13 @@ const PRIMARY_WORDS: &[&str] = &[
 /// Comments and literals are skipped.
 pub fn needs_primary(text: &[u8]) -> bool {
     let toks = Tokens { lx: Lexer { s: text, pos: 0, quoted_last: false } };
-    let (mut begins, mut read_only, mut prev_read) = (false, false, false);
+    let (mut begins, mut read_only, mut prev_read, mut prev_for) = (false, false, false, false);
     for t in toks {
+        let after_for = std::mem::replace(&mut prev_for, false);
         let name = match t {
             None => return true,
+            // SET transaction_isolation = 'serializable', and the like.
+            Some(Tok::Literal(l)) if contains_ci(l, b"serializable") => return true,
             Some(Tok::Punct(b';')) => {
                 if begins && !read_only {
                     return true;
@@ -482,6 +499,12 @@ pub fn needs_primary(text: &[u8]) -> bool {
                 continue;
             }
             Some(Tok::Word(w)) => {
+                // A row lock anywhere: FOR UPDATE / NO KEY UPDATE / SHARE /
+                // KEY SHARE.
+                if after_for && [&b"update"[..], b"share", b"no", b"key"].iter().any(|k| word_is(w, k)) {
+                    return true;
+                }
+                prev_for = word_is(w, b"for");
                 if word_is(w, b"begin") || word_is(w, b"start") {
                     begins = true;
                 }
@@ -494,7 +517,10 @@ pub fn needs_primary(text: &[u8]) -> bool {
             Some(Tok::Quoted(w)) => w,
             Some(_) => continue,
         };
-        if PRIMARY_WORDS.iter().any(|k| word_is(name, k.as_bytes())) || contains_ci(name, b"advisory") {
+        if PRIMARY_WORDS.iter().any(|k| word_is(name, k.as_bytes()))
+            || PRIMARY_PREFIXES.iter().any(|p| starts_with_ci(name, p.as_bytes()))
+            || contains_ci(name, b"advisory")
+        {
             return true;
         }
     }
@@ -898,6 +924,13 @@ mod tests {
             "FETCH 10 FROM c",
             "SELECT 'unterminated",
             "SELECT \"lastval\"()",
+            "ANALYZE t",
+            "SELECT lo_unlink(42)",
+            "SELECT pg_create_restore_point('x')",
+            "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+            "SELECT 1 FROM t WHERE id IN (SELECT id FROM u FOR KEY SHARE)",
+            "SET transaction_isolation = 'serializable'",
+            "SELECT pg_current_wal_lsn()",
         ];
         for q in primary {
             assert!(needs_primary(q.as_bytes()), "{q}");
