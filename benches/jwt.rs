@@ -1,7 +1,8 @@
 //! Micro-benchmarks of JWT logins and statement inspection:
 //! token validation cold (signature checked) and cached (the per-shard
 //! cache of verified tokens, what a reconnect with the same token pays),
-//! and the role-change and read-only inspection of typical statements.
+//! the role-change and read-only inspection of typical statements, and the
+//! lexical read/write routing decision (`sql::route_of`).
 //!
 //! `cargo bench --bench jwt` runs them for real; under `cargo test` each
 //! runs a few iterations as a smoke test. Figures are ns per operation on
@@ -78,6 +79,9 @@ fn main() {
         });
         bench(&format!("inspect read-only: {name}"), scale(2_000_000), || {
             black_box(pgwarden::sql::may_write(black_box(sql)));
+        });
+        bench(&format!("route read/write: {name}"), scale(2_000_000), || {
+            black_box(pgwarden::sql::route_of(black_box(sql)));
         });
     }
 }

@@ -31,6 +31,8 @@ pub struct StmtDef {
     /// Pools on whose servers this text parsed successfully: a client may
     /// prepare it there without waiting for a server connection.
     validated: std::cell::RefCell<Vec<usize>>,
+    /// Whether read/write routing judged the text a read (set on first use).
+    pub reads_only: std::cell::Cell<Option<bool>>,
 }
 
 impl StmtDef {
@@ -96,6 +98,7 @@ impl Registry {
             param_types: types.into(),
             session_state: crate::sql::may_leave_session_state(query),
             validated: Default::default(),
+            reads_only: Default::default(),
         });
         self.by_hash.entry(h).or_default().push(def.clone());
         self.count += 1;

@@ -643,7 +643,16 @@ impl Relay {
                         unnamed_reads
                     } else {
                         let def = self.stmts.get(stmt).cloned();
-                        def.is_some_and(|d| self.reads_only(&d.query))
+                        def.is_some_and(|d| match d.reads_only.get() {
+                            Some(r) => r,
+                            None => {
+                                // The text of a prepared statement never
+                                // changes: judged once per shard.
+                                let r = self.reads_only(&d.query);
+                                d.reads_only.set(Some(r));
+                                r
+                            }
+                        })
                     };
                     if !known {
                         return Some(false);
@@ -797,12 +806,10 @@ impl Relay {
     /// and does not mention pgwarden (a `/* pgwarden:primary */` hint, or
     /// `SET pgwarden.route`).
     fn reads_only(&self, text: &[u8]) -> bool {
-        if memchr_ci(text, b"pgwarden") || crate::sql::needs_primary(text) {
-            return false;
-        }
-        match crate::sql::may_write(text) {
-            None => true,
-            Some(_) => crate::sql::may_be_select(text) && self.ctx.grammar_clears(Check::Write, text),
+        match crate::sql::route_of(text) {
+            crate::sql::Route::Read => true,
+            crate::sql::Route::Primary => false,
+            crate::sql::Route::AskGrammar => self.ctx.grammar_clears(Check::Write, text),
         }
     }
 
@@ -1812,7 +1819,7 @@ fn route_statement(session: &mut Session, text: &[u8]) -> Option<(&'static str, 
 
 /// Whether `hay` contains `needle` (ASCII case-insensitive).
 fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    crate::sql::contains_ci(hay, needle)
 }
 
 /// A decoded Parse: (statement name, query, parameter types).

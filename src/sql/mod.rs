@@ -578,6 +578,32 @@ pub fn route_setting(text: &[u8]) -> Option<Result<bool, String>> {
     found
 }
 
+/// Where a statement may run, by its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// It only reads, and needs nothing only the primary has.
+    Read,
+    Primary,
+    /// A query the lexer flagged as a possible write: the grammar decides
+    /// (`grammar::write_cleared`, cached per shard).
+    AskGrammar,
+}
+
+/// The lexical half of read/write routing: a statement mentioning pgwarden
+/// (a `/* pgwarden:primary */` hint, `SET pgwarden.route`) or needing the
+/// primary ([`needs_primary`]) goes there; one [`may_write`] flags goes
+/// there unless it starts like a query the grammar may clear.
+pub fn route_of(text: &[u8]) -> Route {
+    if contains_ci(text, b"pgwarden") || needs_primary(text) {
+        return Route::Primary;
+    }
+    match may_write(text) {
+        None => Route::Read,
+        Some(_) if may_be_select(text) => Route::AskGrammar,
+        Some(_) => Route::Primary,
+    }
+}
+
 /// Whether `text` starts like a query the grammar could clear as a read
 /// (`SELECT`, `WITH`, `VALUES`, `TABLE`, or a parenthesis), so that other
 /// statements the lexer flagged skip the parse.
@@ -678,8 +704,16 @@ fn starts_with_ci(w: &[u8], k: &[u8]) -> bool {
     w.len() >= k.len() && w[..k.len()].eq_ignore_ascii_case(k)
 }
 
-fn contains_ci(w: &[u8], k: &[u8]) -> bool {
-    w.len() >= k.len() && w.windows(k.len()).any(|x| x.eq_ignore_ascii_case(k))
+/// Whether `w` contains `k`, ASCII case-insensitively.
+pub fn contains_ci(w: &[u8], k: &[u8]) -> bool {
+    let Some((&first, rest)) = k.split_first() else { return true };
+    if w.len() < k.len() {
+        return false;
+    }
+    // Compare whole windows only where the first byte matches.
+    let first = first.to_ascii_lowercase();
+    (0..=w.len() - k.len())
+        .any(|i| w[i].to_ascii_lowercase() == first && w[i + 1..i + k.len()].eq_ignore_ascii_case(rest))
 }
 
 /// After the word DO: anything but the NOTHING or UPDATE of `ON CONFLICT
