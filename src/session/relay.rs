@@ -627,7 +627,11 @@ impl Relay {
                     return Some(self.reads_only(body.strip_suffix(&[0]).unwrap_or(body)));
                 }
                 b'P' => {
-                    let Ok((name, query, _)) = decode_parse(body) else { return Some(false) };
+                    // Name and text only: no allocation for the types.
+                    let mut r = Reader::new(b'P', body);
+                    let (Ok(name), Ok(query)) = (r.cstr("statement name"), r.cstr("query")) else {
+                        return Some(false);
+                    };
                     if !self.reads_only(query) {
                         return Some(false);
                     }
