@@ -8,11 +8,13 @@ mod common;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{config, connect_with, sqlstate, unique_name, PgServer, Proxy, APP_DB, APP_PASSWORD, APP_USER};
+use common::{
+    config, connect_with, one, sqlstate, unique_name, PgServer, Proxy, APP_DB, APP_PASSWORD, APP_USER,
+};
 use pgwarden::auth::jwt::sign::generate_pkcs8;
 use pgwarden::auth::jwt::{Algorithm, SigningKey};
 use serde_json::{json, Map, Value};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 const AUTH_PASSWORD: &str = "auth-secret";
 
@@ -121,16 +123,6 @@ impl Drop for Setup {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-async fn one(client: &Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("`{sql}`: {e:?}"));
-    rows.into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("`{sql}` returned no row"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

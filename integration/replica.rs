@@ -6,7 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{run, unique_name, PgServer, APP_DB};
+use common::{
+    config, connect_app, connect_with, one, run, sqlstate, unique_name, PgServer, Proxy, APP_DB,
+    APP_PASSWORD, APP_USER,
+};
+use tokio_postgres::Client;
 
 fn eventually(what: &str, f: impl FnMut() -> bool) {
     eventually_or(what, f, String::new);
@@ -52,9 +56,6 @@ fn a_replica_follows_the_primary_and_can_be_promoted() {
 // Routing through pgwarden
 // ---------------------------------------------------------------------------
 
-use common::{config, connect_app, connect_with, sqlstate, Proxy, APP_PASSWORD, APP_USER};
-use tokio_postgres::{Client, SimpleQueryMessage};
-
 /// `[general]` lines and a replica entry for database `db` (the standard
 /// config has `app` on the primary), health checked every 200 ms.
 fn with_replica(replica: &PgServer, db: &str, general: &str) -> String {
@@ -63,16 +64,6 @@ fn with_replica(replica: &PgServer, db: &str, general: &str) -> String {
          [[databases]]\nname = \"{db}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\n\n",
         replica.port()
     )
-}
-
-async fn one(client: &Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("`{sql}`: {e:?}"));
-    rows.into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("`{sql}` returned no row"))
 }
 
 async fn refused(client: &Client, sql: &str) -> (String, String) {

@@ -1099,6 +1099,18 @@ pub async fn connect_app(proxy: &Proxy) -> (tokio_postgres::Client, tokio::task:
         .unwrap_or_else(|e| panic!("connect through the proxy failed: {e:?}"))
 }
 
+/// The first column of the first row `sql` returns (simple protocol);
+/// panics on an error or no row.
+pub async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("`{sql}`: {e:?}"));
+    rows.into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("`{sql}` returned no row"))
+}
+
 /// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
 pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
     err.code().map(|c| c.code().to_string())

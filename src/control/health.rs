@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::DbRole;
 use crate::route::cluster::{now_ms, Cluster, Host};
 use crate::route::{apply, BanReason, Check, Health, HostRole, Transition};
 use crate::session::ctx::Shared;
@@ -70,14 +69,10 @@ fn probes(shared: &Shared) -> Vec<Probe> {
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     for cluster in clusters {
         for (i, h) in cluster.hosts.iter().enumerate() {
-            let role = match h.configured {
-                DbRole::Replica => HostRole::Replica,
-                _ => HostRole::Primary,
-            };
             probes.push(Probe {
                 cluster: cluster.clone(),
                 host: i,
-                health: Health::new(role),
+                health: Health::new(h.role()),
                 conn: None,
                 login: ServerLogin {
                     addr: h.addr,
@@ -111,8 +106,9 @@ async fn run(shared: Arc<Shared>, mut probes: Vec<Probe>) {
     while !shared.shutting_down() {
         let started = Instant::now();
         for p in &mut probes {
-            let check = probe(p, timeout).await;
-            observe(p, check, max_lag, ban);
+            if let Some(check) = probe(p, timeout).await {
+                observe(p, check, max_lag, ban);
+            }
         }
         let elapsed = started.elapsed();
         if elapsed < interval {
@@ -121,8 +117,9 @@ async fn run(shared: Arc<Shared>, mut probes: Vec<Probe>) {
     }
 }
 
-/// Runs one check, reconnecting first if needed.
-async fn probe(p: &mut Probe, timeout: Duration) -> Check {
+/// Runs one check, reconnecting first if needed; `None` when the check
+/// could not log in (that says nothing about the host).
+async fn probe(p: &mut Probe, timeout: Duration) -> Option<Check> {
     let res = crate::net::timeout(timeout, async {
         if p.conn.is_none() {
             p.conn = Some(ServerConn::connect(&p.login, 1).await?);
@@ -136,7 +133,7 @@ async fn probe(p: &mut Probe, timeout: Duration) -> Check {
         Some(Ok(Ok(None))) => String::new(),
         // The server answered but refused the health check's login: that
         // says nothing about its health (the shards log in as other users).
-        // Keep what is known, and say what to fix.
+        // Leave what is known as it is, and say what to fix.
         Some(Err(e)) if login_refused(&e) => {
             p.conn = None;
             if !std::mem::replace(&mut p.warned_login, true) {
@@ -145,29 +142,28 @@ async fn probe(p: &mut Probe, timeout: Duration) -> Check {
                      healthcheck_password to a role that may connect (until then its role and lag are not checked)"
                 );
             }
-            let in_recovery = p.cluster.hosts[p.host].role() == Some(HostRole::Replica);
-            return Check::Up { in_recovery, lag: None };
+            return None;
         }
         Some(Ok(Err(e))) => {
             p.last_error = e.to_string();
             p.conn = None;
-            return Check::Down;
+            return Some(Check::Down);
         }
         Some(Err(e)) => {
             p.last_error = e.to_string();
             p.conn = None;
-            return Check::Down;
+            return Some(Check::Down);
         }
         None => {
             p.last_error = format!("no answer within healthcheck_timeout_ms ({} ms)", timeout.as_millis());
             p.conn = None;
-            return Check::Down;
+            return Some(Check::Down);
         }
     };
     let mut parts = value.split(',');
     let in_recovery = parts.next() == Some("true");
     let lag = parts.next().and_then(|l| l.parse::<u64>().ok()).map(Duration::from_millis);
-    Check::Up { in_recovery, lag: if in_recovery { lag } else { None } }
+    Some(Check::Up { in_recovery, lag: if in_recovery { lag } else { None } })
 }
 
 /// A login the server refused for who asked, not for its own state.
@@ -196,48 +192,35 @@ fn observe(p: &mut Probe, check: Check, max_lag: Duration, ban: Duration) {
             p.health.banned_until = Some((until, reason));
         }
     }
+    let before = p.health.role;
+    let transition = apply(&mut p.health, check, now, max_lag, ban);
     // The role follows what the server says, whatever the configuration:
     // a promoted replica is a primary candidate and no read target, an old
     // primary that rejoined as a standby is no primary candidate.
-    if let Check::Up { in_recovery, .. } = check {
-        let observed = if in_recovery { HostRole::Replica } else { HostRole::Primary };
-        let before = host.role();
-        if before != Some(observed) {
-            p.health.role = observed;
-            host.set_role(observed);
-            match before {
-                Some(HostRole::Replica) => {
-                    host.unban();
-                    log::warn!(
-                        "host {} of database \"{name}\" left recovery (promoted): it is a primary candidate from \
-                         now on, and no longer a read target",
-                        host.label
-                    );
-                }
-                Some(HostRole::Primary) => log::warn!(
-                    "host {} of database \"{name}\" is in recovery: no longer a primary candidate; a read target \
-                     while healthy",
+    if let Some(role) = p.health.role.filter(|r| before != Some(*r)) {
+        host.set_role(role);
+        match before {
+            Some(HostRole::Replica) => {
+                host.unban();
+                log::warn!(
+                    "host {} of database \"{name}\" left recovery (promoted): it is a primary candidate from now \
+                     on, and no longer a read target",
                     host.label
-                ),
-                None => log::info!(
-                    "host {} of database \"{name}\" is a {} (pg_is_in_recovery() = {in_recovery})",
-                    host.label,
-                    if in_recovery { "replica" } else { "primary" }
-                ),
+                );
             }
+            Some(HostRole::Primary) => log::warn!(
+                "host {} of database \"{name}\" is in recovery: no longer a primary candidate; a read target while \
+                 healthy",
+                host.label
+            ),
+            None => log::info!(
+                "host {} of database \"{name}\" is a {}",
+                host.label,
+                if role == HostRole::Replica { "replica (in recovery)" } else { "primary" }
+            ),
         }
     }
-    let transition = apply(&mut p.health, check, now, max_lag, ban);
     match (check, transition) {
-        (_, Transition::Promoted) => {
-            host.set_role(HostRole::Primary);
-            host.unban();
-            log::warn!(
-                "host {} of database \"{name}\" left recovery (promoted): it is a primary candidate from now \
-                 on, and no longer a read target",
-                host.label
-            );
-        }
         (_, Transition::Unbanned) => {
             host.unban();
             log::info!("unbanned host {} of database \"{name}\": it answers health checks again", host.label);
@@ -257,7 +240,7 @@ fn observe(p: &mut Probe, check: Check, max_lag: Duration, ban: Duration) {
             host.ban(now_ms, ban);
         }
         (Check::Up { lag: Some(lag), .. }, Transition::None)
-            if lag > max_lag && p.health.role == HostRole::Replica =>
+            if lag > max_lag && p.health.role == Some(HostRole::Replica) =>
         {
             host.ban(now_ms, ban);
         }

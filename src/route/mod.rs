@@ -1,7 +1,6 @@
-//! Which host serves a transaction: host health (bans) and the choice
-//! among healthy replicas. Pure: times and check results come in as
-//! arguments; the control thread runs the checks and publishes the
-//! resulting [`Health`] to the shards.
+//! Host health: what a health check means for a host's role and ban. Pure:
+//! times and check results come in as arguments; the health thread runs
+//! the checks and publishes the resulting [`Health`] to the shards.
 //!
 //! [`cluster`] holds what the shards read: each host's role and ban as
 //! atomics, and the choice of a host for a transaction.
@@ -37,14 +36,15 @@ pub enum BanReason {
 /// A host's health as the shards see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
-    /// The role observed last (a promoted replica becomes a primary).
-    pub role: HostRole,
+    /// The role observed last (`None` for an `auto` host before its first
+    /// check); the server's view wins over the configuration.
+    pub role: Option<HostRole>,
     /// Banned until this instant: no new transactions.
     pub banned_until: Option<(Instant, BanReason)>,
 }
 
 impl Health {
-    pub fn new(role: HostRole) -> Health {
+    pub fn new(role: Option<HostRole>) -> Health {
         Health { role, banned_until: None }
     }
 
@@ -59,13 +59,13 @@ pub enum Transition {
     None,
     Banned(BanReason),
     Unbanned,
-    Promoted,
 }
 
 /// Applies a check to `h`: a host that is down, or a replica lagging more
 /// than `max_lag`, is banned for `ban_time`; a host that is up again and
-/// whose ban ran out is unbanned; a replica no longer in recovery is a
-/// primary from now on (never again treated as read-only).
+/// whose ban ran out is unbanned; the role follows `pg_is_in_recovery()`
+/// (a replica out of recovery is a primary from then on, never again
+/// treated as read-only).
 pub fn apply(
     h: &mut Health,
     check: Check,
@@ -84,12 +84,12 @@ pub fn apply(
             }
         }
         Check::Up { in_recovery, lag } => {
-            if h.role == HostRole::Replica && !in_recovery {
-                h.role = HostRole::Primary;
+            // A role change is seen by comparing `h.role` before and after.
+            let observed = if in_recovery { HostRole::Replica } else { HostRole::Primary };
+            if h.role.replace(observed) == Some(HostRole::Replica) && observed == HostRole::Primary {
                 h.banned_until = None;
-                return Transition::Promoted;
             }
-            if h.role == HostRole::Replica {
+            if h.role == Some(HostRole::Replica) {
                 if let Some(lag) = lag.filter(|l| *l > max_lag) {
                     let was_usable = h.usable(now);
                     h.banned_until = Some((now + ban_time, BanReason::Lagging(lag)));
@@ -111,20 +111,6 @@ pub fn apply(
     }
 }
 
-/// Round-robin choice among usable replicas; `cursor` is the caller's
-/// (per-shard) position. Returns an index into `hosts`.
-pub fn next_replica(hosts: &[Health], cursor: &mut usize, now: Instant) -> Option<usize> {
-    let n = hosts.len();
-    for step in 0..n {
-        let i = (*cursor + step) % n;
-        if hosts[i].role == HostRole::Replica && hosts[i].usable(now) {
-            *cursor = (i + 1) % n;
-            return Some(i);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,7 +121,7 @@ mod tests {
     #[test]
     fn down_bans_and_up_after_the_ban_unbans() {
         let t0 = Instant::now();
-        let mut h = Health::new(HostRole::Replica);
+        let mut h = Health::new(Some(HostRole::Replica));
         assert_eq!(apply(&mut h, Check::Down, t0, LAG, BAN), Transition::Banned(BanReason::Unreachable));
         assert!(!h.usable(t0 + Duration::from_secs(5)));
         // Still down: the ban is extended, not logged again.
@@ -149,7 +135,7 @@ mod tests {
     #[test]
     fn lag_bans_a_replica_and_promotion_makes_a_primary() {
         let t0 = Instant::now();
-        let mut h = Health::new(HostRole::Replica);
+        let mut h = Health::new(Some(HostRole::Replica));
         let lagging = Check::Up { in_recovery: true, lag: Some(Duration::from_secs(3)) };
         assert_eq!(
             apply(&mut h, lagging, t0, LAG, BAN),
@@ -157,30 +143,13 @@ mod tests {
         );
         assert!(!h.usable(t0));
         let promoted = Check::Up { in_recovery: false, lag: None };
-        assert_eq!(apply(&mut h, promoted, t0 + Duration::from_secs(1), LAG, BAN), Transition::Promoted);
-        assert_eq!(h.role, HostRole::Primary);
+        assert_eq!(apply(&mut h, promoted, t0 + Duration::from_secs(1), LAG, BAN), Transition::None);
+        assert_eq!(h.role, Some(HostRole::Primary));
         assert!(h.usable(t0 + Duration::from_secs(1)));
-        // A primary's lag is never a reason to ban it.
-        let mut p = Health::new(HostRole::Primary);
-        assert_eq!(apply(&mut p, lagging, t0, LAG, BAN), Transition::None);
-    }
-
-    #[test]
-    fn round_robin_skips_banned_hosts_and_primaries() {
-        let t0 = Instant::now();
-        let mut hosts = vec![
-            Health::new(HostRole::Primary),
-            Health::new(HostRole::Replica),
-            Health::new(HostRole::Replica),
-        ];
-        let mut cursor = 0;
-        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(1));
-        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(2));
-        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(1));
-        apply(&mut hosts[1], Check::Down, t0, LAG, BAN);
-        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(2));
-        assert_eq!(next_replica(&hosts, &mut cursor, t0), Some(2));
-        apply(&mut hosts[2], Check::Down, t0, LAG, BAN);
-        assert_eq!(next_replica(&hosts, &mut cursor, t0), None);
+        // A primary's lag is never a reason to ban it (a host that reports
+        // being in recovery is a replica, whatever it was).
+        let mut p = Health::new(Some(HostRole::Primary));
+        let primary_lag = Check::Up { in_recovery: false, lag: Some(Duration::from_secs(3)) };
+        assert_eq!(apply(&mut p, primary_lag, t0, LAG, BAN), Transition::None);
     }
 }

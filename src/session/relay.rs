@@ -137,8 +137,6 @@ pub struct Relay {
     c_cipher: Vec<u8>,
     /// A read-only session saw read-only turned off: it must end.
     violation: Option<SessionError>,
-    /// The pool of the bound server (`session.pool` plus its host).
-    bound: usize,
     /// The database has several hosts: each transaction is routed.
     routed: bool,
     /// A copy of the request just sent to a freshly bound server, kept
@@ -220,7 +218,6 @@ impl Relay {
             tls,
             c_cipher,
             violation: None,
-            bound: 0,
             routed: false,
             retry_buf: Vec::new(),
             retry_armed: false,
@@ -233,12 +230,16 @@ impl Relay {
             retry_mark: 0,
             answered: false,
         };
-        r.bound = r.session.pool + r.session.host;
         r.routed = !r.ctx.def(r.session.pool).cluster.single();
         if let Some(s) = server {
             r.bind(*s);
         }
         r
+    }
+
+    /// The pool of the bound server (or of the last one).
+    fn bound(&self) -> usize {
+        self.session.pool + self.session.host
     }
 
     fn bind(&mut self, s: ServerConn) {
@@ -561,7 +562,6 @@ impl Relay {
                         server.pid
                     );
                     self.session.host = host;
-                    self.bound = base + host;
                     self.bind(server);
                     let standby = self.routed
                         && self.ctx.def(base).cluster.hosts[host].role() == Some(HostRole::Replica);
@@ -773,8 +773,8 @@ impl Relay {
                 self.session.pid
             );
         }
-        self.ctx.discard(self.bound, server);
-        let stale = self.ctx.with_slice(self.bound, |s| s.drain());
+        self.ctx.discard(self.bound(), server);
+        let stale = self.ctx.with_slice(self.bound(), |s| s.drain());
         drop(stale);
         self.s_out.clear();
         self.s_skip = 0;
@@ -1749,7 +1749,7 @@ impl Relay {
     /// Returns a server at a clean boundary: straight to the pool, or via
     /// a cleanup task when the client left session state on it.
     fn return_server(&self, server: ServerConn) {
-        let pool = self.bound;
+        let pool = self.bound();
         if server.dirty == Default::default() {
             self.ctx.release(pool, server);
         } else {
@@ -1762,7 +1762,7 @@ impl Relay {
     pub fn abandon_server(&mut self) {
         let Some(mut server) = self.server.take() else { return };
         self.session.cancel.unbind();
-        let pool = self.bound;
+        let pool = self.bound();
         let clean_boundary = self.flow.quiet()
             && !self.flow.broken()
             && self.c_skip == 0
@@ -1791,12 +1791,13 @@ impl Relay {
 /// attempt to reach the primary (25006).
 fn route_statement(session: &mut Session, text: &[u8]) -> Option<(&'static str, String)> {
     // RESET ALL and DISCARD ALL end a pin too.
-    let ends_pin = session.pin_primary && (memchr_ci(text, b"reset") || memchr_ci(text, b"discard"));
-    if !memchr_ci(text, b"pgwarden") && !ends_pin {
+    let ends_pin = session.pin_primary
+        && (crate::sql::contains_ci(text, b"reset") || crate::sql::contains_ci(text, b"discard"));
+    if !crate::sql::contains_ci(text, b"pgwarden") && !ends_pin {
         return None;
     }
     let setting = crate::sql::route_setting(text);
-    let to_primary = matches!(setting, Some(Ok(true))) || memchr_ci(text, b"pgwarden:primary");
+    let to_primary = matches!(setting, Some(Ok(true))) || crate::sql::contains_ci(text, b"pgwarden:primary");
     if session.read_only && to_primary {
         return Some((
             "25006",
@@ -1819,11 +1820,6 @@ fn route_statement(session: &mut Session, text: &[u8]) -> Option<(&'static str, 
         )),
         None => None,
     }
-}
-
-/// Whether `hay` contains `needle` (ASCII case-insensitive).
-fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
-    crate::sql::contains_ci(hay, needle)
 }
 
 /// A decoded Parse: (statement name, query, parameter types).
