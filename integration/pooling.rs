@@ -356,6 +356,51 @@ async fn cancel_request_cancels_the_running_query() {
     }
 }
 
+/// A `host` that starts with `/` is the server's Unix socket directory (as in
+/// libpq): queries, pooled transactions and cancel requests go over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_over_unix_socket() {
+    let pg = PgServer::shared();
+    let dir = pg.socket_dir().display().to_string();
+    let toml = config(pg, "workers = 1\ndefault_pool_size = 1");
+    assert!(toml.contains("host = \"127.0.0.1\""));
+    let proxy = Proxy::start(&toml.replacen("host = \"127.0.0.1\"", &format!("host = \"{dir}\""), 1));
+    let (a, _ca) = connect_app(&proxy).await;
+    let (b, _cb) = connect_app(&proxy).await;
+    // inet_server_port() is NULL on a Unix-socket connection.
+    assert_eq!(
+        value(&a, "SELECT (inet_server_port() IS NULL)::text || ' ' || current_user").await,
+        "true app"
+    );
+    // Two clients take turns on the one pooled server connection.
+    for i in 0..20 {
+        let c = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(value(c, &format!("SELECT {i}")).await, i.to_string());
+    }
+    assert_eq!(backend_pid(&a).await, backend_pid(&b).await, "pool_size 1: one server connection");
+    // A cancel request is forwarded over the socket too.
+    let token = a.cancel_token();
+    let marker = unique_name("cancelunix");
+    let sql = format!("SELECT pg_sleep(30) /* {marker} */");
+    let query = tokio::spawn(async move { a.simple_query(&sql).await.map(|_| ()) });
+    wait_running(pg, &marker).await;
+    within(10, "cancel_query", token.cancel_query(NoTls)).await.expect("sending the cancel request");
+    let err =
+        within(15, "cancelled query", query).await.unwrap().expect_err("pg_sleep(30) was not cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert_eq!(value(&b, "SELECT 'still here'").await, "still here");
+
+    // A directory with no server socket: the client is told where it looked.
+    let missing = format!("/tmp/{}", unique_name("nosocket"));
+    let proxy = Proxy::start(&toml.replacen("host = \"127.0.0.1\"", &format!("host = \"{missing}\""), 1));
+    let Err(err) = connect_with(&proxy.tokio_config(APP_USER, APP_PASSWORD, APP_DB)).await else {
+        panic!("a login with no server to reach succeeded");
+    };
+    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    let text = format!("{err:?}");
+    assert!(text.contains(&format!("{missing}/.s.PGSQL.{}", pg.port())), "{text}");
+}
+
 #[test]
 fn bogus_cancel_request_cancels_nothing() {
     let pg = PgServer::shared();

@@ -242,7 +242,7 @@ fn check_authenticator_at_start(shared: &Arc<pgwarden::session::ctx::Shared>) ->
         let hosts = shared.clusters.iter().flat_map(|(name, c)| c.hosts.iter().map(move |h| (name, h)));
         for (name, db) in hosts {
             let login = ServerLogin {
-                addr: db.addr,
+                addr: db.addr.clone(),
                 target: db.target,
                 database: db.database_name.clone(),
                 user: user.clone(),

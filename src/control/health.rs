@@ -75,7 +75,7 @@ fn probes(shared: &Shared) -> Vec<Probe> {
                 health: Health::new(h.role()),
                 conn: None,
                 login: ServerLogin {
-                    addr: h.addr,
+                    addr: h.addr.clone(),
                     target: h.target,
                     database: h.database_name.clone(),
                     user: user.clone(),

@@ -12,16 +12,132 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable};
+use monoio::BufResult;
 
 pub use monoio::io::{CancelHandle, Canceller};
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::net::{ListenerOpts, TcpListener, TcpStream, UnixStream};
 
-/// The read side of a TCP connection.
-pub type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
-/// The write side of a TCP connection.
-pub type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
+/// A connection: TCP (clients, and servers given by host name or address)
+/// or a Unix-domain socket (servers given by a socket directory, as libpq
+/// does for a `host` that starts with `/`).
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+// SAFETY: both variants are `Split` in monoio (reads and writes of one socket
+// may be in flight at once); the enum adds no shared state.
+unsafe impl monoio::io::Split for Stream {}
+
+impl AsyncReadRent for Stream {
+    // Both arms build the same recv operation; the branch is taken once,
+    // when the read is armed.
+    #[inline]
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    #[inline]
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.readv(buf).await,
+            Stream::Unix(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl CancelableAsyncReadRent for Stream {
+    #[inline]
+    async fn cancelable_read<T: IoBufMut>(&mut self, buf: T, c: CancelHandle) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.cancelable_read(buf, c).await,
+            Stream::Unix(s) => s.cancelable_read(buf, c).await,
+        }
+    }
+
+    #[inline]
+    async fn cancelable_readv<T: IoVecBufMut>(&mut self, buf: T, c: CancelHandle) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.cancelable_readv(buf, c).await,
+            Stream::Unix(s) => s.cancelable_readv(buf, c).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Stream {
+    #[inline]
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.write(buf).await,
+            Stream::Unix(s) => s.write(buf).await,
+        }
+    }
+
+    #[inline]
+    async fn writev<T: IoVecBuf>(&mut self, buf_vec: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.writev(buf_vec).await,
+            Stream::Unix(s) => s.writev(buf_vec).await,
+        }
+    }
+
+    #[inline]
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush().await,
+            Stream::Unix(s) => s.flush().await,
+        }
+    }
+
+    #[inline]
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// The read side of a connection.
+pub type ReadHalf = monoio::io::OwnedReadHalf<Stream>;
+/// The write side of a connection.
+pub type WriteHalf = monoio::io::OwnedWriteHalf<Stream>;
+
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    Tcp(SocketAddr),
+    /// The socket file itself (`DIR/.s.PGSQL.PORT`).
+    Unix(std::sync::Arc<std::path::Path>),
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => a.fmt(f),
+            ServerAddr::Unix(p) => p.display().fmt(f),
+        }
+    }
+}
+
+/// The socket file Postgres creates for `port` in directory `dir`.
+pub fn unix_socket_path(dir: &str, port: u16) -> std::path::PathBuf {
+    std::path::Path::new(dir).join(format!(".s.PGSQL.{port}"))
+}
 
 /// Free space a read asks the kernel to fill at least: below this the buffer
 /// grows before the read is armed.
@@ -49,34 +165,53 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(ReadHalf, WriteHalf, SocketAddr)> {
         let (stream, peer) = self.0.accept().await?;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let (r, w) = Stream::Tcp(stream).into_split();
         Ok((r, w, peer))
     }
 }
 
-/// Connects to `host:port` within `timeout`, with TCP_NODELAY and keepalive.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<(ReadHalf, WriteHalf)> {
-    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect to {addr} timed out after {} ms", timeout.as_millis()),
-            ))
-        }
+/// Connects to a server within `timeout`: over TCP with TCP_NODELAY and
+/// keepalive, or over its Unix-domain socket.
+pub async fn connect(addr: &ServerAddr, timeout: Duration) -> io::Result<(ReadHalf, WriteHalf)> {
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {addr} timed out after {} ms", timeout.as_millis()),
+        )
     };
-    stream.set_nodelay(true)?;
-    let _ = stream.set_tcp_keepalive(Some(Duration::from_secs(60)), Some(Duration::from_secs(10)), Some(5));
+    let stream = match addr {
+        ServerAddr::Tcp(a) => {
+            let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(*a))
+                .await
+                .map_err(|_| timed_out())??;
+            stream.set_nodelay(true)?;
+            let _ = stream.set_tcp_keepalive(
+                Some(Duration::from_secs(60)),
+                Some(Duration::from_secs(10)),
+                Some(5),
+            );
+            Stream::Tcp(stream)
+        }
+        ServerAddr::Unix(p) => Stream::Unix(
+            monoio::time::timeout(timeout, UnixStream::connect(p)).await.map_err(|_| timed_out())??,
+        ),
+    };
     Ok(stream.into_split())
 }
 
-/// Resolves `host:port` (blocking DNS; called at start-up and on the rare
-/// connect path, never per message).
-pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+/// Resolves a configured server: a `host` that starts with `/` is the
+/// directory of its Unix-domain socket (as in libpq); anything else is
+/// resolved as `host:port` (blocking DNS; called at start-up, never per
+/// message).
+pub fn resolve(host: &str, port: u16) -> io::Result<ServerAddr> {
     use std::net::ToSocketAddrs;
+    if host.starts_with('/') {
+        return Ok(ServerAddr::Unix(unix_socket_path(host, port).into()));
+    }
     (host, port)
         .to_socket_addrs()?
         .next()
+        .map(ServerAddr::Tcp)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}:{port} did not resolve")))
 }
 
@@ -208,4 +343,19 @@ pub fn peer_closed(rd: &ReadHalf) -> bool {
         return e.kind() != io::ErrorKind::WouldBlock;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_starting_with_a_slash_is_a_socket_directory() {
+        let addr = resolve("/var/run/postgresql", 5433).unwrap();
+        assert_eq!(addr, ServerAddr::Unix(std::path::Path::new("/var/run/postgresql/.s.PGSQL.5433").into()));
+        assert_eq!(addr.to_string(), "/var/run/postgresql/.s.PGSQL.5433");
+        let tcp = resolve("127.0.0.1", 5432).unwrap();
+        assert_eq!(tcp, ServerAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 5432))));
+        assert_eq!(tcp.to_string(), "127.0.0.1:5432");
+    }
 }

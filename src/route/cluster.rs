@@ -3,7 +3,6 @@
 //! health thread (and by a shard whose connect failed) and read without a
 //! lock on every routing decision.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ pub fn now_ms() -> u64 {
 /// One `[[databases]]` entry of a cluster.
 #[derive(Debug)]
 pub struct Host {
-    pub addr: SocketAddr,
+    pub addr: crate::net::ServerAddr,
     /// Index of `addr` in the shared target table (cancel requests).
     pub target: u32,
     pub database_name: String,
@@ -40,7 +39,7 @@ pub struct Host {
 
 impl Host {
     pub fn new(
-        addr: SocketAddr,
+        addr: crate::net::ServerAddr,
         target: u32,
         database_name: String,
         configured: DbRole,
@@ -300,7 +299,7 @@ mod tests {
             .enumerate()
             .map(|(i, r)| {
                 Host::new(
-                    SocketAddr::from(([127, 0, 0, 1], 5432 + i as u16)),
+                    crate::net::ServerAddr::Tcp(([127, 0, 0, 1], 5432 + i as u16).into()),
                     i as u32,
                     "app".into(),
                     *r,

@@ -5,7 +5,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -183,7 +182,7 @@ pub struct Shared {
     /// TLS for clients, unless `[tls]` is absent or `client_tls = "disabled"`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Server addresses, indexed by `ServerLogin::target`.
-    pub targets: Vec<SocketAddr>,
+    pub targets: Vec<crate::net::ServerAddr>,
     pub cancel: CancelRegistry,
     pub shutdown: AtomicBool,
     /// The authenticator's INHERIT/ownership warning was logged.
@@ -200,7 +199,7 @@ pub struct Shared {
 impl Shared {
     /// Builds pools for every (user, database) pair of the config.
     pub fn new(config: Arc<Config>, shards: usize) -> Result<Shared, String> {
-        let mut targets: Vec<SocketAddr> = Vec::new();
+        let mut targets: Vec<crate::net::ServerAddr> = Vec::new();
         let pools = PoolTable::default();
         let g = &config.general;
         let mut hosts: Vec<(String, Host)> = Vec::new();
@@ -210,11 +209,14 @@ impl Shared {
             let target = match targets.iter().position(|t| *t == addr) {
                 Some(i) => i,
                 None => {
-                    targets.push(addr);
+                    targets.push(addr.clone());
                     targets.len() - 1
                 }
             } as u32;
-            let label = format!("{}:{}", db.host, db.port);
+            let label = match &addr {
+                crate::net::ServerAddr::Unix(path) => path.display().to_string(),
+                crate::net::ServerAddr::Tcp(_) => format!("{}:{}", db.host, db.port),
+            };
             hosts.push((db.name.clone(), Host::new(addr, target, db.database_name.clone(), db.role, label)));
         }
         let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
@@ -250,7 +252,7 @@ impl Shared {
                         mode: config.pool_mode(user),
                         shared: Arc::new(PoolShared::new(config.pool_size(user), shards)),
                         login: ServerLogin {
-                            addr: host.addr,
+                            addr: host.addr.clone(),
                             target: host.target,
                             database: host.database_name.clone(),
                             user: user.server_user.clone(),
@@ -352,7 +354,7 @@ impl Shared {
                 mode,
                 shared: Arc::new(PoolShared::new(size, self.shards)),
                 login: ServerLogin {
-                    addr: host.addr,
+                    addr: host.addr.clone(),
                     target: host.target,
                     database: host.database_name.clone(),
                     user: server_user.clone(),

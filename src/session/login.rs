@@ -281,7 +281,7 @@ async fn forward_cancel(ctx: &Rc<ShardCtx>, pid: i32, key: i32) {
         log::debug!("shard {}: cancel request for unknown or idle client ignored", ctx.id);
         return;
     };
-    let addr = ctx.shared.targets[target as usize];
+    let addr = &ctx.shared.targets[target as usize];
     let timeout = Duration::from_millis(ctx.shared.config.general.server_connect_timeout_ms);
     match crate::session::server::send_cancel(addr, spid, skey, timeout).await {
         Ok(()) => log::info!("shard {}: forwarded cancel request to {addr}", ctx.id),

@@ -2,7 +2,6 @@
 //! proxy's own simple queries (parameter sync, reset), and its bookkeeping
 //! (cancel key, parameters, prepared statements).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::auth::{self, Secret};
@@ -28,7 +27,7 @@ type QueryOutcome = Result<(Vec<(String, String)>, Option<String>), PgError>;
 /// How to log in to Postgres.
 #[derive(Clone)]
 pub struct ServerLogin {
-    pub addr: SocketAddr,
+    pub addr: crate::net::ServerAddr,
     /// Index of `addr` in the shared target table (for cancel requests).
     pub target: u32,
     pub database: String,
@@ -74,7 +73,7 @@ pub struct ServerConn {
     pub pid: i32,
     pub key: i32,
     pub target: u32,
-    pub addr: SocketAddr,
+    pub addr: crate::net::ServerAddr,
     pub created: Instant,
     /// Parameter values as last reported by the server or set by the proxy.
     pub params: ParamSet,
@@ -131,7 +130,7 @@ impl std::fmt::Display for PgError {
 impl ServerConn {
     /// Connects and logs in; returns once the server sent ReadyForQuery.
     pub async fn connect(login: &ServerLogin, stmt_cache: usize) -> Result<ServerConn, SessionError> {
-        let (rd, wr) = net::connect(login.addr, login.connect_timeout)
+        let (rd, wr) = net::connect(&login.addr, login.connect_timeout)
             .await
             .map_err(|e| SessionError::ServerUnavailable(format!("cannot connect to {}: {e}", login.addr)))?;
         let mut s = ServerConn {
@@ -141,7 +140,7 @@ impl ServerConn {
             pid: 0,
             key: 0,
             target: login.target,
-            addr: login.addr,
+            addr: login.addr.clone(),
             created: Instant::now(),
             params: ParamSet::default(),
             reported: Default::default(),
@@ -417,7 +416,12 @@ fn scram_credential(login: &ServerLogin) -> Result<auth::ScramCredential, Sessio
 }
 
 /// Sends a CancelRequest for (pid, key) to `addr` on a fresh connection.
-pub async fn send_cancel(addr: SocketAddr, pid: i32, key: i32, timeout: Duration) -> std::io::Result<()> {
+pub async fn send_cancel(
+    addr: &crate::net::ServerAddr,
+    pid: i32,
+    key: i32,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let (_rd, mut wr) = net::connect(addr, timeout).await?;
     let mut out = Vec::new();
     startup::encode_cancel(&mut out, pid, key);

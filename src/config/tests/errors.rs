@@ -233,6 +233,23 @@ fn entries_need_their_required_keys() {
 }
 
 #[test]
+fn a_unix_socket_directory_must_fit_a_socket_address() {
+    let entry = |dir: &str| {
+        format!("[[databases]]\nname = \"app\"\nhost = \"{dir}\"\nport = 5432\n[[users]]\nname = \"u\"\npassword = \"p\"\n")
+    };
+    assert_eq!(parse_ok(&entry("/var/run/postgresql")).databases[0].host, "/var/run/postgresql");
+    // 96 bytes of directory + "/.s.PGSQL.5432" (14) = 110 > 107.
+    let long = format!("/{}", "d".repeat(95));
+    assert_eq!(
+        errors(&entry(&long)),
+        [format!(
+            "databases[0].host: the Unix socket path {long}/.s.PGSQL.5432 is 110 bytes, over the 107 a socket \
+             address holds: use a shorter directory"
+        )]
+    );
+}
+
+#[test]
 fn duplicate_names_are_errors() {
     let text = r#"
         [[databases]]
