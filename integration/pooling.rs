@@ -401,6 +401,79 @@ async fn server_over_unix_socket() {
     assert!(text.contains(&format!("{missing}/.s.PGSQL.{}", pg.port())), "{text}");
 }
 
+/// `unix_socket_dir`: clients on the same host connect over a Unix socket
+/// (psql -h DIR), authenticate as over TCP, and can cancel; the socket file
+/// is removed at shutdown, a stale one is replaced and a live one is an error.
+#[test]
+fn clients_over_unix_socket() {
+    let pg = PgServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let toml = config(pg, &format!("unix_socket_dir = \"{dir_s}\""));
+    let mut proxy = Proxy::start(&toml);
+    let socket = dir.path().join(format!(".s.PGSQL.{}", proxy.port()));
+    assert!(socket.exists(), "no socket at {}", socket.display());
+    let psql = |password: &str, sql: &str| {
+        let mut cmd = proxy.psql_cmd_via(&dir_s, APP_USER, password, APP_DB);
+        cmd.args(["-At", "-c", sql]);
+        common::run(cmd, None, common::PSQL_TIMEOUT)
+    };
+    let out = psql(APP_PASSWORD, "SELECT current_user || ' ' || count(*) FROM generate_series(1, 3)");
+    assert!(out.success() && out.stdout.trim() == "app 3", "{out}");
+    let out = psql("wrong", "SELECT 1");
+    assert!(!out.success() && out.stderr.contains("password authentication failed"), "{out}");
+    assert!(proxy.log_shows("client unix socket (pid "), "{}", proxy.logs());
+    // Cancel over the socket: psql sends the CancelRequest the way it came.
+    let mut cmd = proxy.psql_cmd_via(&dir_s, APP_USER, APP_PASSWORD, APP_DB);
+    let marker = unique_name("unixcancel");
+    cmd.args(["-At", "-c", &format!("SELECT pg_sleep(30) /* {marker} */")]);
+    cmd.stderr(std::process::Stdio::piped());
+    let started = Instant::now();
+    let child = cmd.spawn().unwrap();
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' \
+         AND pid <> pg_backend_pid()"
+    );
+    while pg.query_i64(&running) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(15), "the query never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Ctrl-C: psql sends a CancelRequest to where it is connected, the socket.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15), "cancel took {:?}", started.elapsed());
+
+    // The socket file goes with the proxy.
+    proxy.stop();
+    assert!(!socket.exists(), "socket file left behind");
+    // A stale socket file (nobody listening) is replaced.
+    let stale = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    drop(stale);
+    let port = proxy.port();
+    let pinned = toml.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    assert_ne!(pinned, toml);
+    let mut again = Proxy::start(&pinned);
+    let mut cmd = again.psql_cmd_via(&dir_s, APP_USER, APP_PASSWORD, APP_DB);
+    cmd.args(["-At", "-c", "SELECT 7"]);
+    let out = common::run(cmd, None, common::PSQL_TIMEOUT);
+    assert!(out.success() && out.stdout.trim() == "7", "{out}");
+    again.stop();
+    // A socket in use is not taken over: start-up fails and says why.
+    let port = common::free_port();
+    let busy = std::os::unix::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}"))).unwrap();
+    let err = match Proxy::try_start(
+        &toml.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\"")),
+    ) {
+        Ok(_) => panic!("pgwarden took over a Unix socket in use"),
+        Err(e) => e,
+    };
+    assert!(err.contains("another process is listening on it"), "{err}");
+    drop(busy);
+}
+
 #[test]
 fn bogus_cancel_request_cancels_nothing() {
     let pg = PgServer::shared();

@@ -60,11 +60,23 @@ fn psql_over_tls_require_and_verify_full() {
 fn client_tls_required_refuses_plain_text() {
     let pg = PgServer::shared();
     let pki = Pki::new();
-    let proxy = Proxy::start(&config(pg, &pki.tls_section("required")));
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix_socket_dir = {:?}\n", dir.path().to_str().unwrap());
+    let proxy = Proxy::start(&config(pg, &format!("{unix}{}", pki.tls_section("required"))));
     let out = psql(&proxy, APP_USER, APP_PASSWORD, &[("PGSSLMODE", "disable")], "SELECT 1");
     assert!(!out.success() && out.stderr.contains("pgwarden requires TLS"), "{out}");
     let out = psql(&proxy, APP_USER, APP_PASSWORD, &[("PGSSLMODE", "require")], "SELECT 1");
     assert!(out.success(), "{out}");
+    // The Unix socket does not leave the host: no TLS there (as Postgres).
+    let out = psql_socket(&proxy, dir.path(), APP_USER, APP_PASSWORD, "SELECT 1");
+    assert!(out.success() && out.stdout.trim() == "1", "{out}");
+}
+
+/// psql through the proxy's Unix socket in `dir` (libpq uses no TLS there).
+fn psql_socket(proxy: &Proxy, dir: &std::path::Path, user: &str, password: &str, sql: &str) -> CmdOutput {
+    let mut cmd = proxy.psql_cmd_via(dir.to_str().unwrap(), user, password, APP_DB);
+    cmd.args(["-At", "-c", sql]);
+    run(cmd, None, common::PSQL_TIMEOUT)
 }
 
 #[test]
@@ -84,11 +96,13 @@ fn jwt_needs_tls_and_pgbench_runs_with_a_token() {
     let key = SigningKey::from_pkcs8(&generate_pkcs8(Algorithm::RS256).unwrap()).unwrap();
     let pem = pki.path("jwt.pem");
     std::fs::write(&pem, key.public_pem()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         pg,
         &format!(
-            "workers = 1\n{}{}[jwt]\npublic_key_file = {:?}\nserver_user = \"{auth}\"\nserver_password = \"auth-secret\"\n\
+            "workers = 1\nunix_socket_dir = {:?}\n{}{}[jwt]\npublic_key_file = {:?}\nserver_user = \"{auth}\"\nserver_password = \"auth-secret\"\n\
              auto_provision = true\nallowed_roles = [\"{prefix}_*\"]\n",
+            dir.path().to_str().unwrap(),
             pki.tls_section("allowed"),
             database_entry(pg, &db),
             pem.to_str().unwrap()
@@ -103,6 +117,9 @@ fn jwt_needs_tls_and_pgbench_runs_with_a_token() {
     assert!(!out.success() && out.stderr.contains("requires an encrypted connection"), "{out}");
     assert!(!proxy.logs().contains(&token[..30]), "token in the log");
     let out = psql(&proxy, &role, &token, &[("PGSSLMODE", "require")], "SELECT current_user");
+    assert!(out.success() && out.stdout.trim() == role, "{out}");
+    // Over the Unix socket a token needs no TLS: it never leaves the host.
+    let out = psql_socket(&proxy, dir.path(), &role, &token, "SELECT current_user");
     assert!(out.success() && out.stdout.trim() == role, "{out}");
     for extra in [&["-S", "-c", "4", "-T", "3"][..], &["-S", "-c", "2", "-T", "3", "-C"][..]] {
         let mut cmd = proxy.pgbench_cmd(&role, &token, &db, &[extra, &["-n"]].concat());

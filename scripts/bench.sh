@@ -6,7 +6,7 @@
 #   scripts/bench.sh [--quick] [--workers N] [--no-pin] [--time SECS] [--scale N]
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
 #                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']... [--jwt | --jwt-only]
-#                    [--replica | --replica-only]
+#                    [--replica | --replica-only] [--server-unix]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #   BASELINE_BIN=path scripts/bench.sh ...   also measure that binary (target
 #                                            pgwarden-base), same config, same run
@@ -31,6 +31,10 @@
 # routing), and pgwarden-split (the primary and the replica, reads routed
 # by SQL inspection). Select-only in the three protocols and tpcb-like, -c 16.
 # --replica-only runs that table alone.
+#
+# --server-unix: pgwarden and PgBouncer reach Postgres over its Unix-domain
+# socket instead of TCP on 127.0.0.1 (clients still connect over TCP, and
+# "direct" stays TCP): the setup for a proxy on the database's own host.
 #
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
@@ -57,6 +61,7 @@ BUILD=1
 ONLY_CELLS=()
 JWT=0
 REPLICA=0
+SERVER_UNIX=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -73,7 +78,8 @@ while [[ $# -gt 0 ]]; do
         --jwt-only) JWT=1; ONLY_CELLS=(none) ;;
         --replica) REPLICA=1 ;;
         --replica-only) REPLICA=1; ONLY_CELLS=(none) ;;
-        -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --server-unix) SERVER_UNIX=1 ;;
+        -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -194,6 +200,8 @@ if [[ $JWT -eq 1 ]]; then
 fi
 
 # --- pgwarden ---------------------------------------------------------------
+# Where both proxies reach Postgres: TCP, or its socket directory.
+if [[ $SERVER_UNIX -eq 1 ]]; then SERVER_HOST=$WORK/pg; else SERVER_HOST=127.0.0.1; fi
 if [[ $WORKERS == auto ]]; then WORKERS_TOML='"auto"'; else WORKERS_TOML=$WORKERS; fi
 cat >"$WORK/pgwarden.toml" <<EOF
 [general]
@@ -206,7 +214,7 @@ log_level = "warn"
 
 [[databases]]
 name = "$DB"
-host = "127.0.0.1"
+host = "$SERVER_HOST"
 port = $PG_PORT
 
 [[users]]
@@ -303,7 +311,7 @@ if [[ $WITH_PGBOUNCER -eq 1 ]]; then
     printf '"%s" "%s"\n' "$APP_USER" "$SECRET" >"$WORK/pgbouncer/userlist.txt"
     {
         echo "[databases]"
-        echo "$DB = host=127.0.0.1 port=$PG_PORT dbname=$DB"
+        echo "$DB = host=$SERVER_HOST port=$PG_PORT dbname=$DB"
         echo "[pgbouncer]"
         echo "listen_addr = 127.0.0.1"
         echo "listen_port = $PGB_PORT"
@@ -484,7 +492,8 @@ fi
     echo "## pgbench: direct vs pgwarden vs PgBouncer"
     echo
     echo "$(nproc) cores; Postgres $("$PG_BIN/postgres" -V | awk '{print $3}'); scale $SCALE; -j 2 -T $DURATION;" \
-        "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS (pinned: $PIN)${PGB_VERSION:+; PgBouncer $PGB_VERSION}"
+        "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS (pinned: $PIN)${PGB_VERSION:+; PgBouncer $PGB_VERSION};" \
+        "proxies to Postgres over $(if [[ $SERVER_UNIX -eq 1 ]]; then echo "its Unix socket"; else echo TCP; fi)"
     echo
     if [[ ${#ROWS[@]} -gt 0 ]]; then
         echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"

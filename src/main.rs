@@ -211,15 +211,25 @@ fn run(path: &std::path::Path) -> ExitCode {
             log::warn!("user \"{}\" logs in without a password (auth = \"trust\")", u.name);
         }
     }
-    let (addr, handles) = match pgwarden::shard::start(shared.clone(), config.general.listen, shards) {
+    let started = match pgwarden::shard::start(shared.clone(), config.general.listen, shards) {
         Ok(x) => x,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    log::info!("pgwarden: listening on {addr} with {shards} shards");
-    match pgwarden::control::run(shared, handles) {
+    match &started.unix {
+        Some(u) => log::info!(
+            "pgwarden: listening on {} and {} with {shards} shards",
+            started.addr,
+            u.path().display()
+        ),
+        None => log::info!("pgwarden: listening on {} with {shards} shards", started.addr),
+    }
+    let result = pgwarden::control::run(shared, started.handles);
+    // The shards have stopped: the socket file goes now.
+    drop(started.unix);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("control thread failed: {e}");

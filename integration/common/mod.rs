@@ -883,11 +883,17 @@ impl Proxy {
     /// A `psql` command to the proxy as `user` on `db`, password in the
     /// environment; add arguments, then [`run`] it (or use [`Proxy::psql`]).
     pub fn psql_cmd(&self, user: &str, password: &str, db: &str) -> Command {
+        self.psql_cmd_via("127.0.0.1", user, password, db)
+    }
+
+    /// [`Proxy::psql_cmd`] to `host`: an address, or the directory of the
+    /// proxy's Unix socket (`unix_socket_dir`).
+    pub fn psql_cmd_via(&self, host: &str, user: &str, password: &str, db: &str) -> Command {
         let mut cmd = Command::new(pg_bindir().join("psql"));
         clear_libpq_env(&mut cmd);
         cmd.env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "10")
-            .args(["-h", "127.0.0.1", "-p", &self.port().to_string()])
+            .args(["-h", host, "-p", &self.port().to_string()])
             .args(["-U", user, "-d", db, "-X"]);
         cmd
     }

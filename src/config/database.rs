@@ -37,17 +37,8 @@ fn read(ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> Database {
     let role = r.choice(ctx, "role").unwrap_or(DbRole::Primary);
     if let Some(dir) = host.as_deref().filter(|h| h.starts_with('/')) {
         // A socket directory, as in libpq: the socket is DIR/.s.PGSQL.PORT.
-        let socket = crate::net::unix_socket_path(dir, port);
-        let len = socket.as_os_str().len();
-        if len > MAX_SOCKET_PATH_BYTES {
-            ctx.error(
-                &r.path_of("host"),
-                format!(
-                    "the Unix socket path {} is {len} bytes, over the {MAX_SOCKET_PATH_BYTES} a socket address \
-                     holds: use a shorter directory",
-                    socket.display()
-                ),
-            );
+        if let Err(message) = check_socket_path(&crate::net::unix_socket_path(dir, port)) {
+            ctx.error(&r.path_of("host"), message);
         }
     }
     let name = name.unwrap_or_default();
@@ -58,4 +49,17 @@ fn read(ctx: &mut Ctx<'_>, r: &mut Reader<'_>) -> Database {
         port,
         role,
     }
+}
+
+/// A Unix socket path must fit a socket address.
+pub(super) fn check_socket_path(socket: &std::path::Path) -> Result<(), String> {
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(format!(
+            "the Unix socket path {} is {len} bytes, over the {MAX_SOCKET_PATH_BYTES} a socket address holds: \
+             use a shorter directory",
+            socket.display()
+        ));
+    }
+    Ok(())
 }

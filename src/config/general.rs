@@ -30,6 +30,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
     let any_ms = 0..=MAX_DURATION_MS;
     let general = General {
         listen: listen(&mut r, ctx).unwrap_or(d.listen),
+        unix_socket_dir: None,
         workers: workers(&mut r, ctx).unwrap_or(d.workers),
         pin_workers: r.boolean(ctx, "pin_workers").unwrap_or(d.pin_workers),
         pool_mode: r.choice(ctx, "pool_mode").unwrap_or(d.pool_mode),
@@ -74,8 +75,33 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
         healthcheck_user: r.name(ctx, "healthcheck_user", super::database::MAX_NAME_BYTES),
         healthcheck_password: r.secret(ctx, "healthcheck_password"),
     };
+    let general = General { unix_socket_dir: unix_socket_dir(&mut r, ctx, general.listen.port()), ..general };
     r.finish(ctx);
     general
+}
+
+/// `unix_socket_dir`: an absolute directory; `""` is the same as leaving it
+/// out (PgBouncer's spelling of "no Unix socket").
+fn unix_socket_dir(r: &mut Reader<'_>, ctx: &mut Ctx<'_>, port: u16) -> Option<String> {
+    let dir = r.string(ctx, "unix_socket_dir")?;
+    if dir.is_empty() {
+        return None;
+    }
+    let path = r.path_of("unix_socket_dir");
+    if !dir.starts_with('/') {
+        ctx.error(
+            &path,
+            format!("expected an absolute directory such as \"/tmp\", found {}", quote_value(&dir)),
+        );
+        return None;
+    }
+    // Port 0 is chosen at start-up: check the longest port number.
+    let socket = crate::net::unix_socket_path(&dir, if port == 0 { u16::MAX } else { port });
+    if let Err(message) = super::database::check_socket_path(&socket) {
+        ctx.error(&path, message);
+        return None;
+    }
+    Some(dir)
 }
 
 /// `listen`: an `ip:port` (port 0 lets the OS choose, for tests).

@@ -97,6 +97,10 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct General {
     pub listen: SocketAddr,
+    /// Also accept clients on a Unix-domain socket in this directory
+    /// (`DIR/.s.PGSQL.PORT`, PORT being `listen`'s), as PgBouncer's
+    /// `unix_socket_dir` does.
+    pub unix_socket_dir: Option<String>,
     /// Data shards (one io_uring executor per core); `"auto"` resolved.
     pub workers: usize,
     /// Pin each shard's thread to one CPU (right for dedicated hosts; on a
@@ -182,6 +186,7 @@ impl Default for General {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            unix_socket_dir: None,
             workers: auto_workers(),
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,

@@ -162,10 +162,121 @@ impl Listener {
     }
 
     /// Accepts one connection, with TCP_NODELAY set, split into halves.
-    pub async fn accept(&self) -> io::Result<(ReadHalf, WriteHalf, SocketAddr)> {
+    pub async fn accept(&self) -> io::Result<(ReadHalf, WriteHalf, Peer)> {
         let (stream, peer) = self.0.accept().await?;
         stream.set_nodelay(true)?;
         let (r, w) = Stream::Tcp(stream).into_split();
+        Ok((r, w, Peer::Tcp(peer)))
+    }
+}
+
+/// A listening socket a shard accepts clients on.
+pub trait Accept {
+    fn accept(&self) -> impl Future<Output = io::Result<(ReadHalf, WriteHalf, Peer)>>;
+}
+
+impl Accept for Listener {
+    fn accept(&self) -> impl Future<Output = io::Result<(ReadHalf, WriteHalf, Peer)>> {
+        Listener::accept(self)
+    }
+}
+
+impl Accept for UnixListener {
+    fn accept(&self) -> impl Future<Output = io::Result<(ReadHalf, WriteHalf, Peer)>> {
+        UnixListener::accept(self)
+    }
+}
+
+/// Who connected: a TCP address, or a process on this host over the Unix
+/// socket (its pid and uid from SO_PEERCRED, for the logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix { pid: Option<i32>, uid: u32 },
+}
+
+impl Peer {
+    /// A Unix-socket client never crossed a network.
+    pub fn is_local_socket(&self) -> bool {
+        matches!(self, Peer::Unix { .. })
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix { pid: Some(pid), uid } => write!(f, "unix socket (pid {pid}, uid {uid})"),
+            Peer::Unix { pid: None, uid } => write!(f, "unix socket (uid {uid})"),
+        }
+    }
+}
+
+/// The Unix-domain socket clients may use besides TCP (`unix_socket_dir`).
+/// SO_REUSEPORT does not apply to AF_UNIX, so there is one socket and every
+/// shard accepts on its own handle to it: the kernel gives each connection
+/// to one of them. The socket file is removed when this is dropped.
+pub struct UnixSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+impl UnixSocket {
+    /// Binds `path` with mode 0777 (who may log in is decided by
+    /// authentication, as for Postgres's own socket). A socket file left by
+    /// a process that is gone is replaced; one that still answers is not.
+    pub fn bind(path: &std::path::Path) -> io::Result<UnixSocket> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening on it"));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        let socket = UnixSocket { listener, path: path.to_path_buf() };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+        Ok(socket)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// A handle for one shard (a duplicate of the listening descriptor).
+    pub fn handle(&self) -> io::Result<std::os::unix::net::UnixListener> {
+        self.listener.try_clone()
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A shard's handle to the [`UnixSocket`], registered with its runtime.
+pub struct UnixListener(monoio::net::UnixListener);
+
+impl UnixListener {
+    pub fn new(handle: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
+        monoio::net::UnixListener::from_std(handle).map(UnixListener)
+    }
+
+    /// Accepts one connection, split into halves.
+    pub async fn accept(&self) -> io::Result<(ReadHalf, WriteHalf, Peer)> {
+        let (stream, _) = self.0.accept().await?;
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer::Unix { pid: c.pid(), uid: c.uid() },
+            Err(_) => Peer::Unix { pid: None, uid: u32::MAX },
+        };
+        let (r, w) = Stream::Unix(stream).into_split();
         Ok((r, w, peer))
     }
 }

@@ -4,7 +4,6 @@
 //! method, then the welcome: ParameterStatus from a real server connection
 //! synced to the client's settings, our BackendKeyData, ReadyForQuery.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +51,7 @@ pub struct ClientConn {
     pub rd: ReadHalf,
     pub wr: WriteHalf,
     pub buf: Vec<u8>,
-    pub peer: SocketAddr,
+    pub peer: crate::net::Peer,
     /// TLS state once the client started TLS.
     pub tls: Option<Box<TlsSession>>,
     /// Ciphertext read and not yet decrypted (TLS only).
@@ -96,7 +95,7 @@ pub enum Opening {
 }
 
 impl ClientConn {
-    pub fn new(rd: ReadHalf, wr: WriteHalf, peer: SocketAddr) -> ClientConn {
+    pub fn new(rd: ReadHalf, wr: WriteHalf, peer: crate::net::Peer) -> ClientConn {
         ClientConn { rd, wr, buf: Vec::with_capacity(CLIENT_READ_BUF), peer, tls: None, cipher: Vec::new() }
     }
 
@@ -221,7 +220,11 @@ async fn open_inner(ctx: &Rc<ShardCtx>, conn: &mut ClientConn) -> Result<Opening
         };
         conn.buf.drain(..packet.1);
         match packet.0 {
-            OwnedPacket::Ssl if conn.tls.is_none() && ctx.shared.tls.is_some() => {
+            // No TLS over the Unix socket (as with Postgres): it never
+            // leaves the host.
+            OwnedPacket::Ssl
+                if conn.tls.is_none() && ctx.shared.tls.is_some() && !conn.peer.is_local_socket() =>
+            {
                 // Bytes sent after SSLRequest but before our answer would be
                 // taken as if they had come over TLS (CVE-2021-23222).
                 if !conn.buf.is_empty() {
@@ -244,7 +247,7 @@ async fn open_inner(ctx: &Rc<ShardCtx>, conn: &mut ClientConn) -> Result<Opening
             OwnedPacket::Startup { minor, params } => {
                 let required =
                     ctx.shared.config.tls.as_ref().is_some_and(|t| t.client_tls == ClientTls::Required);
-                if required && conn.tls.is_none() {
+                if required && conn.tls.is_none() && !conn.peer.is_local_socket() {
                     return Err(SessionError::Refused {
                         sqlstate: "28000",
                         message: "pgwarden requires TLS: connect with sslmode=require (or stronger)".into(),
@@ -523,7 +526,7 @@ async fn authenticate_jwt(
 ) -> Result<(Vec<u8>, String, bool, u64), SessionError> {
     let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
     let rt = ctx.shared.jwt.as_ref().expect("JWT runtime built with [jwt]");
-    if jwt.require_tls && conn.tls.is_none() {
+    if jwt.require_tls && conn.tls.is_none() && !conn.peer.is_local_socket() {
         log::info!("shard {}: JWT login for user \"{user}\" from {} refused: no TLS", ctx.id, conn.peer);
         return Err(SessionError::Refused {
             sqlstate: "28000",

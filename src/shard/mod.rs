@@ -34,25 +34,48 @@ pub struct ShardHandle {
     pub thread: JoinHandle<()>,
 }
 
+/// What [`start`] started.
+pub struct Started {
+    /// The TCP address every shard listens on.
+    pub addr: SocketAddr,
+    /// The Unix socket (`unix_socket_dir`); its file is removed when this
+    /// is dropped, so keep it until the shards have stopped.
+    pub unix: Option<net::UnixSocket>,
+    pub handles: Vec<ShardHandle>,
+}
+
 /// Binds the first listener (resolving port 0 to a real port so every shard
-/// shares it), then starts `n` shards. Returns once every shard is
-/// listening, or the first shard's start-up error.
-pub fn start(
-    shared: Arc<Shared>,
-    listen: SocketAddr,
-    n: usize,
-) -> Result<(SocketAddr, Vec<ShardHandle>), String> {
+/// shares it) and the Unix socket if one is configured, then starts `n`
+/// shards. Returns once every shard is listening, or the first shard's
+/// start-up error.
+pub fn start(shared: Arc<Shared>, listen: SocketAddr, n: usize) -> Result<Started, String> {
     let probe = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = probe.local_addr().map_err(|e| e.to_string())?;
     drop(probe);
+    let unix = match &shared.config.general.unix_socket_dir {
+        Some(dir) => {
+            let path = net::unix_socket_path(dir, addr.port());
+            let socket = net::UnixSocket::bind(&path).map_err(|e| {
+                format!("cannot listen on the Unix socket {} (unix_socket_dir): {e}", path.display())
+            })?;
+            Some(socket)
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel::<(usize, Result<(), String>)>();
     let mut handles = Vec::new();
     for id in 0..n {
         let shared = shared.clone();
         let tx = tx.clone();
+        let unix_handle = match &unix {
+            Some(u) => {
+                Some(u.handle().map_err(|e| format!("cannot share the Unix socket with shard {id}: {e}"))?)
+            }
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("pgwarden-shard-{id}"))
-            .spawn(move || run_shard(id, shared, addr, tx))
+            .spawn(move || run_shard(id, shared, addr, unix_handle, tx))
             .map_err(|e| format!("cannot start shard thread {id}: {e}"))?;
         handles.push(ShardHandle { id, thread });
     }
@@ -64,13 +87,14 @@ pub fn start(
             Err(_) => return Err("a shard did not report within 10 s".into()),
         }
     }
-    Ok((addr, handles))
+    Ok(Started { addr, unix, handles })
 }
 
 fn run_shard(
     id: usize,
     shared: Arc<Shared>,
     addr: SocketAddr,
+    unix: Option<std::os::unix::net::UnixListener>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
 ) {
     if shared.config.general.pin_workers {
@@ -91,11 +115,24 @@ fn run_shard(
                 return;
             }
         };
+        let unix = match unix.map(net::UnixListener::new).transpose() {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = ready.send((id, Err(format!("cannot accept on the Unix socket: {e}"))));
+                return;
+            }
+        };
         let ctx = ShardCtx::new(id, shared);
         let _ = ready.send((id, Ok(())));
         drop(ready);
         monoio::spawn(maintenance(ctx.clone()));
+        // One task per listener: an accept is never dropped half-done (a
+        // cancelled io_uring accept could lose the connection it took).
+        let unix_loop = unix.map(|u| monoio::spawn(accept_loop(ctx.clone(), u)));
         accept_loop(ctx.clone(), listener).await;
+        if let Some(task) = unix_loop {
+            task.await;
+        }
         drain(&ctx).await;
     });
 }
@@ -144,7 +181,7 @@ fn pin_to_cpu(id: usize) {
     }
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: Listener) {
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: impl net::Accept) {
     let max_clients = ctx.shared.config.general.max_client_connections as usize;
     let mut shutdown = std::pin::pin!(ctx.shutdown_signal());
     loop {

@@ -250,6 +250,25 @@ fn a_unix_socket_directory_must_fit_a_socket_address() {
 }
 
 #[test]
+fn unix_socket_dir_is_an_absolute_directory_or_empty() {
+    let general = |v: &str| with_general(&format!("listen = \"127.0.0.1:6432\"\nunix_socket_dir = \"{v}\""));
+    assert_eq!(parse_ok(&general("")).general.unix_socket_dir, None, "\"\" is PgBouncer's off");
+    assert_eq!(parse_ok(&general("/tmp")).general.unix_socket_dir.as_deref(), Some("/tmp"));
+    assert_eq!(
+        errors(&general("tmp")),
+        ["general.unix_socket_dir: expected an absolute directory such as \"/tmp\", found \"tmp\""]
+    );
+    let long = format!("/{}", "d".repeat(95));
+    assert_eq!(
+        errors(&general(&long)),
+        [format!(
+            "general.unix_socket_dir: the Unix socket path {long}/.s.PGSQL.6432 is 110 bytes, over the 107 a \
+             socket address holds: use a shorter directory"
+        )]
+    );
+}
+
+#[test]
 fn duplicate_names_are_errors() {
     let text = r#"
         [[databases]]

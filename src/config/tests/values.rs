@@ -41,6 +41,7 @@ fn every_general_key_is_read() {
     let config = parse_ok(&with_general(
         r#"
         listen = "[::1]:7000"
+        unix_socket_dir = "/run/pgwarden"
         workers = 3
         pin_workers = false
         pool_mode = "session"
@@ -70,6 +71,7 @@ fn every_general_key_is_read() {
     ));
     let expected = General {
         listen: "[::1]:7000".parse().unwrap(),
+        unix_socket_dir: Some("/run/pgwarden".into()),
         workers: 3,
         pin_workers: false,
         pool_mode: PoolMode::Session,
