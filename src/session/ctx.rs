@@ -389,7 +389,7 @@ pub struct ShardCtx {
     pub shared: Arc<Shared>,
     /// This shard's copy of the pool definitions it has used.
     defs: RefCell<Vec<Option<Arc<PoolDef>>>>,
-    slices: RefCell<Vec<Option<PoolSlice<ServerConn>>>>,
+    slices: RefCell<Vec<Option<PoolSlice<Box<ServerConn>>>>>,
     /// Tokens this shard verified.
     pub tokens: RefCell<crate::session::jwt::TokenCache>,
     /// Verdicts of the grammar check on statements the lexer flagged, by
@@ -496,7 +496,7 @@ impl ShardCtx {
     }
 
     /// Runs `f` on this shard's slice of pool `idx`, creating it lazily.
-    pub fn with_slice<R>(&self, idx: usize, f: impl FnOnce(&mut PoolSlice<ServerConn>) -> R) -> R {
+    pub fn with_slice<R>(&self, idx: usize, f: impl FnOnce(&mut PoolSlice<Box<ServerConn>>) -> R) -> R {
         let mut slices = self.slices.borrow_mut();
         if slices.len() <= idx {
             slices.resize_with(idx + 1, || None);
@@ -534,7 +534,7 @@ impl ShardCtx {
         &self,
         base: usize,
         want: Want,
-    ) -> Result<(usize, ServerConn), SessionError> {
+    ) -> Result<(usize, Box<ServerConn>), SessionError> {
         let hosts = self.def(base).cluster.hosts.len();
         let mut tries = 0;
         loop {
@@ -550,9 +550,10 @@ impl ShardCtx {
     /// Gets a server connection from pool `idx` within the checkout timeout.
     /// Safe to cancel (drop) at any await: the wait queue and the pool's
     /// budget are restored by guards.
-    pub async fn checkout(&self, idx: usize) -> Result<ServerConn, SessionError> {
+    pub async fn checkout(&self, idx: usize) -> Result<Box<ServerConn>, SessionError> {
         let timeout = Duration::from_millis(self.shared.config.general.checkout_timeout_ms);
-        let deadline = Instant::now() + timeout;
+        // The clock is read only if the checkout has to wait.
+        let mut deadline: Option<Instant> = None;
         let guard = WaiterGuard { ctx: self, idx, id: self.next_id() };
         let id = guard.id;
         loop {
@@ -575,6 +576,7 @@ impl ShardCtx {
                 }
                 Checkout::Wait => {
                     let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + timeout);
                     if now >= deadline {
                         drop(guard);
                         let p = self.def(idx);
@@ -593,7 +595,7 @@ impl ShardCtx {
     }
 
     /// Drops a pooled connection whose socket closed while idle.
-    fn usable(&self, conn: ServerConn) -> Option<ServerConn> {
+    fn usable(&self, conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
         if conn.idle_since.elapsed() < IDLE_CHECK_AFTER {
             return Some(conn);
         }
@@ -603,7 +605,7 @@ impl ShardCtx {
         }
     }
 
-    async fn open(&self, idx: usize) -> Result<ServerConn, SessionError> {
+    async fn open(&self, idx: usize) -> Result<Box<ServerConn>, SessionError> {
         let def = self.def(idx);
         let mut login = def.login.clone();
         if matches!(login.password, Some(Secret::Scram(_))) {
@@ -629,7 +631,7 @@ impl ShardCtx {
                     def.user,
                     def.database
                 );
-                Ok(c)
+                Ok(Box::new(c))
             }
             Err(e) => {
                 self.with_slice(idx, |s| s.open_failed());
@@ -658,7 +660,7 @@ impl ShardCtx {
     }
 
     /// Returns a clean connection to pool `idx` and wakes the next waiter.
-    pub fn release(&self, idx: usize, mut conn: ServerConn) {
+    pub fn release(&self, idx: usize, mut conn: Box<ServerConn>) {
         let lifetime = Duration::from_millis(self.shared.config.general.server_lifetime_ms);
         let now = Instant::now();
         let expired = conn.expired(now, lifetime) || self.shared.shutting_down();
@@ -669,7 +671,7 @@ impl ShardCtx {
     }
 
     /// A lent-out connection is being closed (broken or unclean).
-    pub fn discard(&self, idx: usize, conn: ServerConn) {
+    pub fn discard(&self, idx: usize, conn: Box<ServerConn>) {
         drop(conn);
         self.with_slice(idx, |s| s.closed());
         self.wake_first(idx);
@@ -739,8 +741,11 @@ struct WaiterGuard<'a> {
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.ctx.with_slice(self.idx, |s| s.cancel_wait(self.id));
-        self.ctx.waiters.borrow_mut().remove(&self.id);
-        let was_woken = self.ctx.woken.borrow_mut().remove(&self.id);
+        // Most checkouts never wait: skip hashing into empty maps.
+        if !self.ctx.waiters.borrow().is_empty() {
+            self.ctx.waiters.borrow_mut().remove(&self.id);
+        }
+        let was_woken = !self.ctx.woken.borrow().is_empty() && self.ctx.woken.borrow_mut().remove(&self.id);
         if was_woken {
             // Woken for a connection it will not take: pass the turn on.
             self.ctx.wake_next_if_available(self.idx);
@@ -753,11 +758,11 @@ impl Drop for WaiterGuard<'_> {
 pub struct Lease<'a> {
     ctx: &'a ShardCtx,
     idx: usize,
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
 }
 
 impl<'a> Lease<'a> {
-    pub fn new(ctx: &'a ShardCtx, idx: usize, conn: ServerConn) -> Self {
+    pub fn new(ctx: &'a ShardCtx, idx: usize, conn: Box<ServerConn>) -> Self {
         Lease { ctx, idx, conn: Some(conn) }
     }
 
@@ -766,7 +771,7 @@ impl<'a> Lease<'a> {
     }
 
     /// Hands the connection on; the lease no longer guards it.
-    pub fn take(mut self) -> ServerConn {
+    pub fn take(mut self) -> Box<ServerConn> {
         self.conn.take().expect("lease holds its connection until taken")
     }
 }

@@ -398,7 +398,7 @@ async fn login(
         ctx.release(pool + host, server);
         Ok(Opening::Login(session, None))
     } else {
-        Ok(Opening::Login(session, Some(Box::new(server))))
+        Ok(Opening::Login(session, Some(server)))
     }
 }
 

@@ -103,7 +103,7 @@ pub struct Relay {
     mode: PoolMode,
     max_msg: u32,
     track_prepared: bool,
-    server: Option<ServerConn>,
+    server: Option<Box<ServerConn>>,
     flow: Flow,
     stmts: ClientStatements,
     /// The client's SQL-level prepared statements: name -> PREPARE text.
@@ -232,7 +232,7 @@ impl Relay {
         };
         r.routed = !r.ctx.def(r.session.pool).cluster.single();
         if let Some(s) = server {
-            r.bind(*s);
+            r.bind(s);
         }
         r
     }
@@ -242,7 +242,7 @@ impl Relay {
         self.session.pool + self.session.host
     }
 
-    fn bind(&mut self, s: ServerConn) {
+    fn bind(&mut self, s: Box<ServerConn>) {
         log::trace!("shard {}: client pid {} binds server pid {}", self.ctx.id, self.session.pid, s.pid);
         self.session.cancel.bind(s.target, s.pid, s.key);
         self.flow.reset();
@@ -1748,7 +1748,7 @@ impl Relay {
 
     /// Returns a server at a clean boundary: straight to the pool, or via
     /// a cleanup task when the client left session state on it.
-    fn return_server(&self, server: ServerConn) {
+    fn return_server(&self, server: Box<ServerConn>) {
         let pool = self.bound();
         if server.dirty == Default::default() {
             self.ctx.release(pool, server);
@@ -1843,7 +1843,7 @@ enum Event {
 
 /// Runs `RESET ...` or `DISCARD ALL` before pooling a server a client left
 /// session state on; closes it if that fails.
-async fn clean_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerConn) {
+async fn clean_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: Box<ServerConn>) {
     // RESET ALL leaves `role` and `session_authorization` alone: reset them
     // explicitly so a client's SET ROLE never reaches the next client.
     let sql = if server.dirty.session {
@@ -1873,7 +1873,7 @@ async fn clean_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerCon
 }
 
 /// Rolls back the transaction a departed client left open, then cleans.
-async fn rollback_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: ServerConn) {
+async fn rollback_and_release(ctx: Rc<ShardCtx>, pool: usize, mut server: Box<ServerConn>) {
     match server.run_simple("ROLLBACK").await {
         Ok(Ok(_)) => {
             if server.dirty == Default::default() {

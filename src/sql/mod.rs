@@ -22,6 +22,12 @@ pub enum SqlPrepared {
 /// Recognises `text` as exactly one PREPARE, EXECUTE or DEALLOCATE
 /// statement (an optional trailing `;` and comments allowed).
 pub fn sql_prepared(text: &[u8]) -> Option<SqlPrepared> {
+    // Every query passes here: let the first word turn most away before the
+    // UTF-8 check and the lexer (comments and quotes take the long way).
+    match text.iter().find(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase) {
+        Some(b'p' | b'e' | b'd' | b'/' | b'-' | b'(') => {}
+        _ => return None,
+    }
     let text = std::str::from_utf8(text).ok()?;
     let mut lx = Lexer { s: text.as_bytes(), pos: 0, quoted_last: false };
     let first = lx.word()?;
@@ -252,7 +258,20 @@ pub const RESERVED_PREFIX: &[u8] = b"__pgw_";
 /// Whether `text` mentions a name with pgwarden's reserved prefix
 /// (case-insensitive).
 pub fn mentions_reserved_name(text: &[u8]) -> bool {
-    text.windows(RESERVED_PREFIX.len()).any(|w| w.eq_ignore_ascii_case(RESERVED_PREFIX))
+    // Compare only where an underscore starts a possible match.
+    let n = RESERVED_PREFIX.len();
+    let mut i = 0;
+    while let Some(off) = text[i..].iter().position(|&b| b == b'_') {
+        let at = i + off;
+        if text.len() - at < n {
+            return false;
+        }
+        if text[at..at + n].eq_ignore_ascii_case(RESERVED_PREFIX) {
+            return true;
+        }
+        i = at + 1;
+    }
+    false
 }
 
 /// Whether running `text` may leave session state behind that no command
@@ -262,15 +281,18 @@ pub fn mentions_reserved_name(text: &[u8]) -> bool {
 /// (which can do anything). Errs on the side of true: a false positive
 /// costs one `DISCARD ALL`, a false negative leaks state.
 pub fn may_leave_session_state(text: &[u8]) -> bool {
+    // Every query passes here: dispatch on the first letter (words start
+    // with an ASCII letter) and on length, so most words cost a compare.
     any_word(text, |word, rest| {
-        word_is(word, b"temp")
-            || word_is(word, b"temporary")
-            || starts_with_ci(word, b"pg_temp")
-            || contains_ci(word, b"advisory")
-            || contains_ci(word, b"set_config")
-            || word_is(word, b"pg_settings")
-            || (word_is(word, b"u") && rest.first() == Some(&b'&'))
-            || (word_is(word, b"do") && do_block_follows(rest))
+        (word.len() >= b"advisory".len()
+            && (contains_ci(word, b"advisory") || contains_ci(word, b"set_config")))
+            || match word[0] | 0x20 {
+                b't' => word_is(word, b"temp") || word_is(word, b"temporary"),
+                b'p' => starts_with_ci(word, b"pg_temp") || word_is(word, b"pg_settings"),
+                b'u' => word.len() == 1 && rest.first() == Some(&b'&'),
+                b'd' => word_is(word, b"do") && do_block_follows(rest),
+                _ => false,
+            }
     })
 }
 
@@ -693,8 +715,20 @@ impl<'a> Iterator for Tokens<'a> {
 }
 
 fn is_ident(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+    IDENT[c as usize]
 }
+
+/// Bytes that continue an identifier: ASCII letters and digits, `_`, `$`.
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+        c += 1;
+    }
+    t
+};
 
 fn word_is(w: &[u8], k: &[u8]) -> bool {
     w.eq_ignore_ascii_case(k)
@@ -758,6 +792,113 @@ mod tests {
             let _ = may_write(&bytes);
             let _ = may_change_role(&bytes);
         }
+
+        /// The per-query scans take shortcuts; they must answer exactly as
+        /// the plain versions below, on texts made of the words they look
+        /// for, their near misses, quotes, comments and odd bytes.
+        #[test]
+        fn fast_scans_agree_with_plain_ones(tokens in proptest::collection::vec(0..SCAN_TOKENS.len(), 0..24)) {
+            let text: Vec<u8> = tokens.iter().flat_map(|&i| SCAN_TOKENS[i].as_bytes().iter().copied()).collect();
+            proptest::prop_assert_eq!(may_leave_session_state(&text), plain_may_leave_session_state(&text));
+            proptest::prop_assert_eq!(mentions_reserved_name(&text), plain_mentions_reserved_name(&text));
+            proptest::prop_assert_eq!(sql_prepared(&text), plain_sql_prepared(&text));
+        }
+    }
+
+    const SCAN_TOKENS: &[&str] = &[
+        " ",
+        "\n",
+        "\t",
+        ";",
+        "(",
+        ")",
+        ",",
+        "'",
+        "\"",
+        "$$",
+        "$x$",
+        "/*",
+        "*/",
+        "--",
+        "=",
+        "&",
+        ".",
+        "1",
+        "é",
+        "\u{a0}",
+        "_",
+        "__",
+        "__pgw_",
+        "__PGW_1",
+        "_pgw_",
+        "prepare",
+        "PREPARE",
+        "execute",
+        "Execute",
+        "deallocate",
+        "all",
+        "ALL",
+        "q",
+        "as",
+        "select",
+        "from",
+        "temp",
+        "TEMP",
+        "temporary",
+        "temperature",
+        "contemp",
+        "pg_temp",
+        "pg_temp_3",
+        "pg_settings",
+        "pg_setting",
+        "advisory",
+        "pg_advisory_lock",
+        "ADVISORY",
+        "set_config",
+        "SET_CONFIG",
+        "config",
+        "do",
+        "DO",
+        "d",
+        "u",
+        "U",
+        "nothing",
+        "update",
+        "on",
+        "conflict",
+        "x",
+        "pgbench_accounts",
+    ];
+
+    fn plain_may_leave_session_state(text: &[u8]) -> bool {
+        any_word(text, |word, rest| {
+            word_is(word, b"temp")
+                || word_is(word, b"temporary")
+                || starts_with_ci(word, b"pg_temp")
+                || contains_ci(word, b"advisory")
+                || contains_ci(word, b"set_config")
+                || word_is(word, b"pg_settings")
+                || (word_is(word, b"u") && rest.first() == Some(&b'&'))
+                || (word_is(word, b"do") && do_block_follows(rest))
+        })
+    }
+
+    fn plain_mentions_reserved_name(text: &[u8]) -> bool {
+        text.windows(RESERVED_PREFIX.len()).any(|w| w.eq_ignore_ascii_case(RESERVED_PREFIX))
+    }
+
+    /// `sql_prepared` without its first-byte shortcut.
+    fn plain_sql_prepared(text: &[u8]) -> Option<SqlPrepared> {
+        let ws = text.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let mut probe = text.to_vec();
+        // Make the first byte one the shortcut lets through, keeping the
+        // meaning: a leading space is whitespace to both.
+        probe.insert(ws, b' ');
+        probe.insert(ws, b'/');
+        probe.insert(ws + 1, b'*');
+        probe.insert(ws + 2, b'*');
+        probe.insert(ws + 3, b'/');
+        sql_prepared(&probe)
     }
 
     #[test]
