@@ -6,7 +6,7 @@
 #   scripts/bench.sh [--quick] [--workers N] [--no-pin] [--time SECS] [--scale N]
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
 #                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']... [--jwt | --jwt-only]
-#                    [--replica | --replica-only] [--server-unix]
+#                    [--replica | --replica-only] [--server-unix] [--client-unix]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #   BASELINE_BIN=path scripts/bench.sh ...   also measure that binary (target
 #                                            pgwarden-base), same config, same run
@@ -35,6 +35,10 @@
 # --server-unix: pgwarden and PgBouncer reach Postgres over its Unix-domain
 # socket instead of TCP on 127.0.0.1 (clients still connect over TCP, and
 # "direct" stays TCP): the setup for a proxy on the database's own host.
+# --client-unix: pgbench reaches every target over its Unix socket
+# (Postgres's own, pgwarden's unix_socket_dir, PgBouncer's unix_socket_dir);
+# TLS targets stay on TCP. With both, nothing crosses the TCP stack.
+# BASELINE_BIN must then be a build that knows unix_socket_dir.
 #
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
@@ -62,6 +66,7 @@ ONLY_CELLS=()
 JWT=0
 REPLICA=0
 SERVER_UNIX=0
+CLIENT_UNIX=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -79,7 +84,8 @@ while [[ $# -gt 0 ]]; do
         --replica) REPLICA=1 ;;
         --replica-only) REPLICA=1; ONLY_CELLS=(none) ;;
         --server-unix) SERVER_UNIX=1 ;;
-        -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --client-unix) CLIENT_UNIX=1 ;;
+        -h | --help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -202,10 +208,12 @@ fi
 # --- pgwarden ---------------------------------------------------------------
 # Where both proxies reach Postgres: TCP, or its socket directory.
 if [[ $SERVER_UNIX -eq 1 ]]; then SERVER_HOST=$WORK/pg; else SERVER_HOST=127.0.0.1; fi
+mkdir -p "$WORK/pgwarden-sock"
 if [[ $WORKERS == auto ]]; then WORKERS_TOML='"auto"'; else WORKERS_TOML=$WORKERS; fi
 cat >"$WORK/pgwarden.toml" <<EOF
 [general]
 listen = "127.0.0.1:0"
+$(if [[ $CLIENT_UNIX -eq 1 ]]; then echo "unix_socket_dir = \"$WORK/pgwarden-sock\""; fi)
 workers = $WORKERS_TOML
 pin_workers = $PIN
 pool_mode = "transaction"
@@ -315,7 +323,7 @@ if [[ $WITH_PGBOUNCER -eq 1 ]]; then
         echo "[pgbouncer]"
         echo "listen_addr = 127.0.0.1"
         echo "listen_port = $PGB_PORT"
-        echo "unix_socket_dir ="
+        if [[ $CLIENT_UNIX -eq 1 ]]; then echo "unix_socket_dir = $WORK/pgbouncer"; else echo "unix_socket_dir ="; fi
         echo "auth_type = scram-sha-256"
         echo "auth_file = $WORK/pgbouncer/userlist.txt"
         echo "pool_mode = transaction"
@@ -389,6 +397,15 @@ target_user() { if [[ $1 == pgwarden-jwt-tls ]]; then echo bench_jwt; else echo 
 target_password() { if [[ $1 == pgwarden-jwt-tls ]]; then echo "$TOKEN"; else echo "$APP_PASSWORD"; fi; }
 target_sslmode() { if [[ $1 == *-tls ]]; then echo require; else echo disable; fi; }
 target_db() { if [[ $1 == pgwarden-split ]]; then echo "${DB}_split"; else echo "$DB"; fi; }
+# With --client-unix: the target's socket directory (TLS targets stay TCP).
+target_host() {
+    if [[ $CLIENT_UNIX -eq 0 || $1 == *-tls ]]; then echo 127.0.0.1; return; fi
+    case $1 in
+        direct) echo "$WORK/pg" ;;
+        pgbouncer) echo "$WORK/pgbouncer" ;;
+        *) echo "$WORK/pgwarden-sock" ;;
+    esac
+}
 
 ROWS=()
 run_cell() {
@@ -407,7 +424,7 @@ run_cell() {
     local before=0 after=0 out rc=0
     [[ -n $pid ]] && before=$(cpu_ticks "$pid")
     out=$(PGPASSWORD=$(target_password "$target") PGSSLMODE=$(target_sslmode "$target") \
-        timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$(target_user "$target")" \
+        timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h "$(target_host "$target")" -p "$port" -U "$(target_user "$target")" \
         "${args[@]}" "$(target_db "$target")" 2>"$WORK/pgbench.err") || rc=$?
     [[ -n $pid ]] && after=$(cpu_ticks "$pid")
     local tps latency processed failed
@@ -493,7 +510,8 @@ fi
     echo
     echo "$(nproc) cores; Postgres $("$PG_BIN/postgres" -V | awk '{print $3}'); scale $SCALE; -j 2 -T $DURATION;" \
         "pool size $POOL_SIZE, transaction mode; pgwarden workers $WORKERS (pinned: $PIN)${PGB_VERSION:+; PgBouncer $PGB_VERSION};" \
-        "proxies to Postgres over $(if [[ $SERVER_UNIX -eq 1 ]]; then echo "its Unix socket"; else echo TCP; fi)"
+        "proxies to Postgres over $(if [[ $SERVER_UNIX -eq 1 ]]; then echo "its Unix socket"; else echo TCP; fi);" \
+        "pgbench to targets over $(if [[ $CLIENT_UNIX -eq 1 ]]; then echo "Unix sockets"; else echo TCP; fi)"
     echo
     if [[ ${#ROWS[@]} -gt 0 ]]; then
         echo "| workload | protocol | clients | target | TPS | avg latency (ms) | vs direct | proxy CPU (us/txn) |"
