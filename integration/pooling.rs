@@ -413,11 +413,7 @@ fn clients_over_unix_socket() {
     let mut proxy = Proxy::start(&toml);
     let socket = dir.path().join(format!(".s.PGSQL.{}", proxy.port()));
     assert!(socket.exists(), "no socket at {}", socket.display());
-    let psql = |password: &str, sql: &str| {
-        let mut cmd = proxy.psql_cmd_via(&dir_s, APP_USER, password, APP_DB);
-        cmd.args(["-At", "-c", sql]);
-        common::run(cmd, None, common::PSQL_TIMEOUT)
-    };
+    let psql = |password: &str, sql: &str| proxy.psql_via_socket(dir.path(), APP_USER, password, sql);
     let out = psql(APP_PASSWORD, "SELECT current_user || ' ' || count(*) FROM generate_series(1, 3)");
     assert!(out.success() && out.stdout.trim() == "app 3", "{out}");
     let out = psql("wrong", "SELECT 1");
@@ -456,9 +452,7 @@ fn clients_over_unix_socket() {
     let pinned = toml.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
     assert_ne!(pinned, toml);
     let mut again = Proxy::start(&pinned);
-    let mut cmd = again.psql_cmd_via(&dir_s, APP_USER, APP_PASSWORD, APP_DB);
-    cmd.args(["-At", "-c", "SELECT 7"]);
-    let out = common::run(cmd, None, common::PSQL_TIMEOUT);
+    let out = again.psql_via_socket(dir.path(), APP_USER, APP_PASSWORD, "SELECT 7");
     assert!(out.success() && out.stdout.trim() == "7", "{out}");
     again.stop();
     // A socket in use is not taken over: start-up fails and says why.

@@ -68,15 +68,8 @@ fn client_tls_required_refuses_plain_text() {
     let out = psql(&proxy, APP_USER, APP_PASSWORD, &[("PGSSLMODE", "require")], "SELECT 1");
     assert!(out.success(), "{out}");
     // The Unix socket does not leave the host: no TLS there (as Postgres).
-    let out = psql_socket(&proxy, dir.path(), APP_USER, APP_PASSWORD, "SELECT 1");
+    let out = proxy.psql_via_socket(dir.path(), APP_USER, APP_PASSWORD, "SELECT 1");
     assert!(out.success() && out.stdout.trim() == "1", "{out}");
-}
-
-/// psql through the proxy's Unix socket in `dir` (libpq uses no TLS there).
-fn psql_socket(proxy: &Proxy, dir: &std::path::Path, user: &str, password: &str, sql: &str) -> CmdOutput {
-    let mut cmd = proxy.psql_cmd_via(dir.to_str().unwrap(), user, password, APP_DB);
-    cmd.args(["-At", "-c", sql]);
-    run(cmd, None, common::PSQL_TIMEOUT)
 }
 
 #[test]
@@ -119,7 +112,7 @@ fn jwt_needs_tls_and_pgbench_runs_with_a_token() {
     let out = psql(&proxy, &role, &token, &[("PGSSLMODE", "require")], "SELECT current_user");
     assert!(out.success() && out.stdout.trim() == role, "{out}");
     // Over the Unix socket a token needs no TLS: it never leaves the host.
-    let out = psql_socket(&proxy, dir.path(), &role, &token, "SELECT current_user");
+    let out = proxy.psql_via_socket(dir.path(), &role, &token, "SELECT current_user");
     assert!(out.success() && out.stdout.trim() == role, "{out}");
     for extra in [&["-S", "-c", "4", "-T", "3"][..], &["-S", "-c", "2", "-T", "3", "-C"][..]] {
         let mut cmd = proxy.pgbench_cmd(&role, &token, &db, &[extra, &["-n"]].concat());

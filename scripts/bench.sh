@@ -208,7 +208,7 @@ fi
 # --- pgwarden ---------------------------------------------------------------
 # Where both proxies reach Postgres: TCP, or its socket directory.
 if [[ $SERVER_UNIX -eq 1 ]]; then SERVER_HOST=$WORK/pg; else SERVER_HOST=127.0.0.1; fi
-mkdir -p "$WORK/pgwarden-sock"
+[[ $CLIENT_UNIX -eq 1 ]] && mkdir -p "$WORK/pgwarden-sock"
 if [[ $WORKERS == auto ]]; then WORKERS_TOML='"auto"'; else WORKERS_TOML=$WORKERS; fi
 cat >"$WORK/pgwarden.toml" <<EOF
 [general]

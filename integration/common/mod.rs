@@ -898,6 +898,15 @@ impl Proxy {
         cmd
     }
 
+    /// `psql -At -c sql` on `app` through the proxy's Unix socket in `dir`
+    /// (`unix_socket_dir`; libpq uses no TLS there).
+    pub fn psql_via_socket(&self, dir: &Path, user: &str, password: &str, sql: &str) -> CmdOutput {
+        let mut cmd =
+            self.psql_cmd_via(dir.to_str().expect("UTF-8 socket directory"), user, password, APP_DB);
+        cmd.args(["-At", "-c", sql]);
+        run(cmd, None, PSQL_TIMEOUT)
+    }
+
     /// psql as `app` on `app` with `args`, optional stdin, [`PSQL_TIMEOUT`].
     pub fn psql(&self, args: &[&str], stdin: Option<&str>) -> CmdOutput {
         let mut cmd = self.psql_cmd(APP_USER, APP_PASSWORD, APP_DB);

@@ -28,9 +28,11 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
     let d = General::default();
     let positive_ms = 1..=MAX_DURATION_MS;
     let any_ms = 0..=MAX_DURATION_MS;
+    // The socket's name carries listen's port.
+    let listen = listen(&mut r, ctx).unwrap_or(d.listen);
     let general = General {
-        listen: listen(&mut r, ctx).unwrap_or(d.listen),
-        unix_socket_dir: None,
+        listen,
+        unix_socket_dir: unix_socket_dir(&mut r, ctx, listen.port()),
         workers: workers(&mut r, ctx).unwrap_or(d.workers),
         pin_workers: r.boolean(ctx, "pin_workers").unwrap_or(d.pin_workers),
         pool_mode: r.choice(ctx, "pool_mode").unwrap_or(d.pool_mode),
@@ -75,7 +77,6 @@ pub(super) fn read(ctx: &mut Ctx<'_>, table: Option<&Table>) -> General {
         healthcheck_user: r.name(ctx, "healthcheck_user", super::database::MAX_NAME_BYTES),
         healthcheck_password: r.secret(ctx, "healthcheck_password"),
     };
-    let general = General { unix_socket_dir: unix_socket_dir(&mut r, ctx, general.listen.port()), ..general };
     r.finish(ctx);
     general
 }

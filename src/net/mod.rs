@@ -30,7 +30,7 @@ pub type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
 /// Unix streams cost about 450 instructions per transaction, measured with
 /// callgrind). Only TCP connections get TCP calls (nodelay, keepalive,
 /// addresses).
-fn stream_from_unix(stream: monoio::net::UnixStream) -> io::Result<TcpStream> {
+fn stream_from_unix(stream: UnixStream) -> io::Result<TcpStream> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let fd = stream.into_raw_fd();
     // SAFETY: `fd` is a connected stream socket we own (just released by
