@@ -7,6 +7,7 @@
 #                    [--pool-size N] [--out FILE] [--no-pgbouncer] [--no-build]
 #                    [--cell 'WORKLOAD PROTOCOL CLIENTS EXTRA']... [--jwt | --jwt-only]
 #                    [--replica | --replica-only] [--server-unix] [--client-unix]
+#                    [--relay]
 #   PGWARDEN_BIN=path scripts/bench.sh ...   measure that binary instead
 #   BASELINE_BIN=path scripts/bench.sh ...   also measure that binary (target
 #                                            pgwarden-base), same config, same run
@@ -40,6 +41,13 @@
 # TLS targets stay on TCP. With both, nothing crosses the TCP stack.
 # BASELINE_BIN must then be a build that knows unix_socket_dir.
 #
+# --relay adds two bare 1:1 TCP relays as targets (benches/relay.rs: no
+# parsing, no pooling, no auth, one server connection per client):
+# relay-monoio, pgwarden's mechanism, and relay-multishot, the io-uring crate
+# with one multishot receive per socket into a buffer ring. They are the
+# floor of each mechanism on this machine. Their -C cells are n/a (without a
+# pool every login forks a backend, as direct does). TCP only.
+#
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
 # /proc/PID/stat before and after, over transactions done; microseconds).
@@ -67,6 +75,7 @@ JWT=0
 REPLICA=0
 SERVER_UNIX=0
 CLIENT_UNIX=0
+RELAY=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -85,7 +94,8 @@ while [[ $# -gt 0 ]]; do
         --replica-only) REPLICA=1; ONLY_CELLS=(none) ;;
         --server-unix) SERVER_UNIX=1 ;;
         --client-unix) CLIENT_UNIX=1 ;;
-        -h | --help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --relay) RELAY=1 ;;
+        -h | --help) sed -n '2,51p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -94,6 +104,10 @@ if [[ -z $DURATION ]]; then
     if [[ $QUICK -eq 1 ]]; then DURATION=5; else DURATION=15; fi
 fi
 [[ $WORKERS == auto || $WORKERS =~ ^[0-9]+$ ]] || { echo "--workers: a number or auto" >&2; exit 2; }
+if [[ $RELAY -eq 1 && ($SERVER_UNIX -eq 1 || $CLIENT_UNIX -eq 1) ]]; then
+    echo "--relay: the relays speak TCP only; leave out --server-unix and --client-unix" >&2
+    exit 2
+fi
 for cell in "${ONLY_CELLS[@]}"; do
     [[ $cell == none ]] && continue
     read -r workload protocol clients extra <<<"$cell"
@@ -128,6 +142,7 @@ WORK=
 PROXY_PID=
 BASE_PID=
 PGB_PID=
+RELAY_PIDS=()
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -144,6 +159,10 @@ cleanup() {
     if [[ -n $PGB_PID ]]; then
         kill -TERM "$PGB_PID" 2>/dev/null || true
     fi
+    for pid in "${RELAY_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [[ -n $WORK && -d $WORK ]]; then
         [[ -d $WORK/replica ]] && { bash "$ROOT/scripts/pg.sh" stop "$WORK/replica" >/dev/null 2>&1 || true; }
         bash "$ROOT/scripts/pg.sh" stop "$WORK/pg" >/dev/null 2>&1 || true
@@ -174,6 +193,17 @@ else
     BIN=$TARGET_DIR/release/pgwarden
 fi
 [[ -x $BIN ]] || { log "no release binary at $BIN"; exit 1; }
+RELAY_BIN=
+if [[ $RELAY -eq 1 ]]; then
+    log "building the bare relay (release)..."
+    RELAY_BIN=$(cargo build --release --quiet --bench relay --message-format=json --manifest-path "$ROOT/Cargo.toml" |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "relay" and m.get("executable"):
+        print(m["executable"])')
+    [[ -x $RELAY_BIN ]] || { log "no relay binary built"; exit 1; }
+fi
 
 WORK=$(mktemp -d -t pgwarden-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -344,6 +374,20 @@ if [[ $WITH_PGBOUNCER -eq 1 ]]; then
     log "PgBouncer $PGB_VERSION pid $PGB_PID on 127.0.0.1:$PGB_PORT (prepared statements: $PGB_PREPARED)"
 fi
 
+# --- bare relays (--relay) ---------------------------------------------------
+declare -A RELAY_PORT RELAY_PID
+if [[ $RELAY -eq 1 ]]; then
+    for mode in monoio multishot; do
+        port=$(free_port)
+        "$RELAY_BIN" --mode "$mode" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PG_PORT" 2>"$WORK/relay-$mode.log" &
+        RELAY_PIDS+=($!)
+        RELAY_PID[$mode]=$!
+        RELAY_PORT[$mode]=$port
+        wait_port "$port" || { cat "$WORK/relay-$mode.log" >&2; log "relay $mode did not start"; exit 1; }
+        log "relay ($mode) pid ${RELAY_PID[$mode]} on 127.0.0.1:$port"
+    done
+fi
+
 # --- cells ------------------------------------------------------------------
 # workload protocol clients extra-flags
 if [[ $QUICK -eq 1 ]]; then
@@ -374,10 +418,12 @@ fi
 TARGETS=(direct pgwarden)
 [[ -n $BASE_PORT ]] && TARGETS+=(pgwarden-base)
 [[ $WITH_PGBOUNCER -eq 1 ]] && TARGETS+=(pgbouncer)
+[[ $RELAY -eq 1 ]] && TARGETS+=(relay-monoio relay-multishot)
 
 target_port() {
     case $1 in
         direct) echo "$PG_PORT" ;;
+        relay-*) echo "${RELAY_PORT[${1#relay-}]}" ;;
         pgwarden-base) echo "$BASE_PORT" ;;
         pgwarden*) echo "$PROXY_PORT" ;;
         pgbouncer) echo "$PGB_PORT" ;;
@@ -386,6 +432,7 @@ target_port() {
 target_pid() {
     case $1 in
         direct) echo "" ;;
+        relay-*) echo "${RELAY_PID[${1#relay-}]}" ;;
         pgwarden-base) echo "$BASE_PID" ;;
         pgwarden*) echo "$PROXY_PID" ;;
         pgbouncer) echo "$PGB_PID" ;;
@@ -414,6 +461,10 @@ run_cell() {
     [[ $extra == -C ]] && label="$workload -C"
     if [[ $target == pgbouncer && $protocol == prepared && $PGB_PREPARED -eq 0 ]]; then
         ROWS+=("| $label | $protocol | $clients | $target | n/a | n/a | n/a | n/a (PgBouncer $PGB_VERSION < 1.21) |")
+        return
+    fi
+    if [[ $target == relay-* && $extra == -C ]]; then
+        ROWS+=("| $label | $protocol | $clients | $target | n/a | n/a | n/a | n/a (1:1 relay: no pool) |")
         return
     fi
     local port pid args=(-n -M "$protocol" -c "$clients" -j 2 -T "$DURATION")
