@@ -16,6 +16,11 @@
 //!   the connection, taking buffers from a registered buffer ring; a send per
 //!   received buffer, one send in flight per direction, the buffer returned
 //!   to the ring when its send completes. No per-message arming.
+//! - `recv` and `pollfirst`: the same loop with a one-shot receive
+//!   submitted again after each message (as monoio does), the second with
+//!   IORING_RECVSEND_POLL_FIRST (armed as a poll at once, no failed first
+//!   attempt). Between them and `multishot` they say which part of the
+//!   difference is the failed attempt and which the arming.
 //!
 //! Not a Criterion benchmark: run with no address (as `cargo bench` and
 //! `cargo test` do), it checks itself in both modes against an echo server
@@ -23,7 +28,7 @@
 //! exits. `scripts/bench.sh --relay` builds and starts it:
 //!
 //! ```text
-//! relay --mode monoio|multishot --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT
+//! relay --mode monoio|multishot|recv|pollfirst --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT
 //! ```
 //!
 //! It prints `relay listening on ADDR` on stderr once it accepts, and runs
@@ -70,8 +75,10 @@ fn run(mode: &str, listener: TcpListener, upstream: SocketAddr) -> Result<(), St
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     match mode {
         "monoio" => monoio_relay::run(listener, addr, upstream),
-        "multishot" => multishot::run(listener, addr, upstream),
-        other => Err(format!("--mode {other:?}: expected monoio or multishot")),
+        "multishot" => uring::run(listener, addr, upstream, uring::Receive::Multishot),
+        "recv" => uring::run(listener, addr, upstream, uring::Receive::OneShot),
+        "pollfirst" => uring::run(listener, addr, upstream, uring::Receive::PollFirst),
+        other => Err(format!("--mode {other:?}: expected monoio, multishot, recv or pollfirst")),
     }
 }
 
@@ -94,7 +101,7 @@ fn self_check() {
             });
         }
     });
-    for mode in ["monoio", "multishot"] {
+    for mode in ["monoio", "multishot", "recv", "pollfirst"] {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = listener.local_addr().expect("relay address");
         std::thread::spawn(move || {
@@ -186,11 +193,25 @@ mod monoio_relay {
     }
 }
 
-mod multishot {
+mod uring {
     use super::*;
     use io_uring_06::types::{BufRingEntry, Fd};
     use io_uring_06::{cqueue, opcode, squeue, IoUring};
     use std::sync::atomic::{AtomicU16, Ordering};
+
+    /// How a socket's receives are submitted.
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Receive {
+        /// One multishot receive per socket for its life.
+        Multishot,
+        /// A one-shot receive per message.
+        OneShot,
+        /// A one-shot receive per message, armed as a poll first.
+        PollFirst,
+    }
+
+    /// From linux/io_uring.h (the io-uring crate keeps its constants private).
+    const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
     const BUF_SIZE: usize = 16 * 1024;
     /// Buffers in the ring (a power of two): 16 MiB in all.
@@ -288,9 +309,10 @@ mod multishot {
         listen_fd: RawFd,
         upstream: libc::sockaddr_in,
         buffers_returned: bool,
+        receive: Receive,
     }
 
-    pub fn run(listener: TcpListener, addr: SocketAddr, upstream: SocketAddr) -> Result<(), String> {
+    pub fn run(listener: TcpListener, addr: SocketAddr, upstream: SocketAddr, receive: Receive) -> Result<(), String> {
         let SocketAddr::V4(up) = upstream else { return Err("--upstream: IPv4 only".into()) };
         let ring = IoUring::builder()
             .setup_single_issuer()
@@ -312,9 +334,15 @@ mod multishot {
             listen_fd: listener.as_raw_fd(),
             upstream,
             buffers_returned: false,
+            receive,
         };
         relay.arm_accept();
-        eprintln!("relay listening on {addr} (multishot)");
+        let name = match receive {
+            Receive::Multishot => "multishot",
+            Receive::OneShot => "recv",
+            Receive::PollFirst => "pollfirst",
+        };
+        eprintln!("relay listening on {addr} ({name})");
         let mut events: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
         loop {
             match relay.ring.submit_and_wait(1) {
@@ -351,8 +379,21 @@ mod multishot {
         }
 
         fn arm_recv(&mut self, slot: usize, side: usize, fd: RawFd) {
-            let entry = opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(ud(RECV, slot, side));
-            self.push(entry);
+            let entry = match self.receive {
+                Receive::Multishot => opcode::RecvMulti::new(Fd(fd), BGID).build(),
+                Receive::OneShot | Receive::PollFirst => {
+                    let entry = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
+                        .buf_group(BGID)
+                        .build()
+                        .flags(squeue::Flags::BUFFER_SELECT);
+                    if self.receive == Receive::PollFirst {
+                        with_ioprio(entry, IORING_RECVSEND_POLL_FIRST)
+                    } else {
+                        entry
+                    }
+                }
+            };
+            self.push(entry.user_data(ud(RECV, slot, side)));
         }
 
         fn send_next(&mut self, slot: usize, side: usize) {
@@ -532,6 +573,18 @@ mod multishot {
             }
             self.free.push(slot);
         }
+    }
+
+    /// Sets an entry's `ioprio` field (the send/receive flags), which the
+    /// io-uring crate's `Recv` builder does not expose.
+    fn with_ioprio(entry: squeue::Entry, ioprio: u16) -> squeue::Entry {
+        const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+        // SAFETY: Entry is #[repr(C)] over io_uring_sqe, 64 bytes: opcode
+        // (u8), flags (u8), then ioprio (u16) at offset 2.
+        let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+        raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
+        // SAFETY: the same bytes with one field changed.
+        unsafe { std::mem::transmute(raw) }
     }
 
     fn nodelay(fd: RawFd) {

@@ -41,12 +41,14 @@
 # TLS targets stay on TCP. With both, nothing crosses the TCP stack.
 # BASELINE_BIN must then be a build that knows unix_socket_dir.
 #
-# --relay adds two bare 1:1 TCP relays as targets (benches/relay.rs: no
+# --relay adds bare 1:1 TCP relays as targets (benches/relay.rs: no
 # parsing, no pooling, no auth, one server connection per client):
-# relay-monoio, pgwarden's mechanism, and relay-multishot, the io-uring crate
-# with one multishot receive per socket into a buffer ring. They are the
-# floor of each mechanism on this machine. Their -C cells are n/a (without a
-# pool every login forks a backend, as direct does). TCP only.
+# relay-monoio, pgwarden's mechanism; relay-multishot, the io-uring crate
+# with one multishot receive per socket into a buffer ring; relay-recv and
+# relay-pollfirst, the same loop with a one-shot receive per message, plain
+# and with IORING_RECVSEND_POLL_FIRST. They are the floor of each mechanism
+# on this machine. Their -C cells are n/a (without a pool every login forks
+# a backend, as direct does). TCP only.
 #
 # For each cell: TPS, average latency, TPS as a fraction of direct, and the
 # proxy's CPU time per transaction (utime+stime of its process from
@@ -95,7 +97,7 @@ while [[ $# -gt 0 ]]; do
         --server-unix) SERVER_UNIX=1 ;;
         --client-unix) CLIENT_UNIX=1 ;;
         --relay) RELAY=1 ;;
-        -h | --help) sed -n '2,51p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -376,8 +378,9 @@ fi
 
 # --- bare relays (--relay) ---------------------------------------------------
 declare -A RELAY_PORT RELAY_PID
+RELAY_MODES="monoio multishot recv pollfirst"
 if [[ $RELAY -eq 1 ]]; then
-    for mode in monoio multishot; do
+    for mode in $RELAY_MODES; do
         port=$(free_port)
         "$RELAY_BIN" --mode "$mode" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PG_PORT" 2>"$WORK/relay-$mode.log" &
         RELAY_PIDS+=($!)
@@ -418,7 +421,9 @@ fi
 TARGETS=(direct pgwarden)
 [[ -n $BASE_PORT ]] && TARGETS+=(pgwarden-base)
 [[ $WITH_PGBOUNCER -eq 1 ]] && TARGETS+=(pgbouncer)
-[[ $RELAY -eq 1 ]] && TARGETS+=(relay-monoio relay-multishot)
+if [[ $RELAY -eq 1 ]]; then
+    for mode in $RELAY_MODES; do TARGETS+=("relay-$mode"); done
+fi
 
 target_port() {
     case $1 in
