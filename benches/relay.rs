@@ -312,7 +312,12 @@ mod uring {
         receive: Receive,
     }
 
-    pub fn run(listener: TcpListener, addr: SocketAddr, upstream: SocketAddr, receive: Receive) -> Result<(), String> {
+    pub fn run(
+        listener: TcpListener,
+        addr: SocketAddr,
+        upstream: SocketAddr,
+        receive: Receive,
+    ) -> Result<(), String> {
         let SocketAddr::V4(up) = upstream else { return Err("--upstream: IPv4 only".into()) };
         let ring = IoUring::builder()
             .setup_single_issuer()

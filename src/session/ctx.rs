@@ -572,7 +572,11 @@ impl ShardCtx {
                 }
                 Checkout::Open => {
                     self.wake_next_if_available(idx);
-                    return self.open(idx).await;
+                    // Boxed: opening a connection (connect, server login)
+                    // is a large state machine that every checkout future,
+                    // and so every login and relay future, would otherwise
+                    // carry inline and copy, for a path taken rarely.
+                    return Box::pin(self.open(idx)).await;
                 }
                 Checkout::Wait => {
                     let now = Instant::now();

@@ -27,23 +27,25 @@ use crate::session::SessionError;
 pub const CLIENT_READ_BUF: usize = 16 * 1024;
 
 /// Parameters Postgres reports with ParameterStatus, with their canonical
-/// spelling (clients such as JDBC compare names case-sensitively).
-const REPORTED: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "default_transaction_read_only",
-    "in_hot_standby",
-    "integer_datetimes",
-    "IntervalStyle",
-    "is_superuser",
-    "scram_iterations",
-    "search_path",
-    "server_encoding",
-    "server_version",
-    "session_authorization",
-    "standard_conforming_strings",
-    "TimeZone",
+/// spelling (clients such as JDBC compare names case-sensitively) and the
+/// lowercase key a `ParamSet` stores them under (spelled out, so a login
+/// does not allocate a lowercased copy of each).
+const REPORTED: &[(&str, &str)] = &[
+    ("application_name", "application_name"),
+    ("client_encoding", "client_encoding"),
+    ("DateStyle", "datestyle"),
+    ("default_transaction_read_only", "default_transaction_read_only"),
+    ("in_hot_standby", "in_hot_standby"),
+    ("integer_datetimes", "integer_datetimes"),
+    ("IntervalStyle", "intervalstyle"),
+    ("is_superuser", "is_superuser"),
+    ("scram_iterations", "scram_iterations"),
+    ("search_path", "search_path"),
+    ("server_encoding", "server_encoding"),
+    ("server_version", "server_version"),
+    ("session_authorization", "session_authorization"),
+    ("standard_conforming_strings", "standard_conforming_strings"),
+    ("TimeZone", "timezone"),
 ];
 
 /// A client connection during login.
@@ -234,14 +236,17 @@ async fn open_inner(ctx: &Rc<ShardCtx>, conn: &mut ClientConn) -> Result<Opening
                     });
                 }
                 let config = ctx.shared.tls.clone().expect("checked");
-                conn.start_tls(&config).await?;
+                // Boxed, as are the cancel forward and the JWT login below:
+                // large state machines off the common path would otherwise
+                // make every login future (moved at spawn) as large as they.
+                Box::pin(conn.start_tls(&config)).await?;
             }
             OwnedPacket::Ssl | OwnedPacket::GssEnc => {
                 // No TLS (or GSS encryption): the client may go on in plain text.
                 conn.send(vec![b'N']).await?;
             }
             OwnedPacket::Cancel { pid, key } => {
-                forward_cancel(ctx, pid, key).await;
+                Box::pin(forward_cancel(ctx, pid, key)).await;
                 return Ok(Opening::Cancelled);
             }
             OwnedPacket::Startup { minor, params } => {
@@ -311,7 +316,7 @@ async fn login(
     let read_only;
     let (mut out, pool) = match jwt_identity(ctx, &user) {
         Some(expected) => {
-            let (out, role, ro, exp) = authenticate_jwt(ctx, conn, &user, expected).await?;
+            let (out, role, ro, exp) = Box::pin(authenticate_jwt(ctx, conn, &user, expected)).await?;
             let jwt = ctx.shared.config.jwt.as_ref().expect("JWT login only with [jwt]");
             role_locked = jwt.identity == Identity::SetRole;
             read_only = ro;
@@ -740,8 +745,8 @@ pub async fn sync_params(server: &mut ServerConn, want: &ParamSet) -> Result<(),
 
 /// ParameterStatus for every reported setting, BackendKeyData, ReadyForQuery.
 fn welcome(out: &mut Vec<u8>, server: &ServerConn, pid: i32, key: i32) {
-    for name in REPORTED {
-        if let Some(v) = server.params.get(&name.to_ascii_lowercase()) {
+    for (name, key) in REPORTED {
+        if let Some(v) = server.params.get(key) {
             let mut w = Writer::new(out, b'S');
             w.cstr(name.as_bytes()).cstr(v.as_bytes());
             w.finish();
@@ -753,4 +758,16 @@ fn welcome(out: &mut Vec<u8>, server: &ServerConn, pid: i32, key: i32) {
     let mut w = Writer::new(out, b'Z');
     w.u8(b'I');
     w.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REPORTED;
+
+    #[test]
+    fn reported_keys_are_the_lowercase_names() {
+        for (name, key) in REPORTED {
+            assert_eq!(name.to_ascii_lowercase(), *key, "{name}");
+        }
+    }
 }
