@@ -258,11 +258,11 @@ pub const RESERVED_PREFIX: &[u8] = b"__pgw_";
 /// Whether `text` mentions a name with pgwarden's reserved prefix
 /// (case-insensitive).
 pub fn mentions_reserved_name(text: &[u8]) -> bool {
-    // Compare only where an underscore starts a possible match.
+    // Compare only where an underscore starts a possible match, finding
+    // underscores eight bytes at a time.
     let n = RESERVED_PREFIX.len();
     let mut i = 0;
-    while let Some(off) = text[i..].iter().position(|&b| b == b'_') {
-        let at = i + off;
+    while let Some(at) = find_underscore(text, i) {
         if text.len() - at < n {
             return false;
         }
@@ -272,6 +272,40 @@ pub fn mentions_reserved_name(text: &[u8]) -> bool {
         i = at + 1;
     }
     false
+}
+
+/// The position of the first `_` in `text` at or after `from`.
+fn find_underscore(text: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= text.len() {
+        let chunk = u64::from_le_bytes(text[i..i + 8].try_into().expect("eight bytes"));
+        // A byte of `x` is zero where the chunk holds `_`; the expression
+        // below is non-zero exactly when some byte of `x` is zero.
+        let x = chunk ^ (ONES * u64::from(b'_'));
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            break;
+        }
+        i += 8;
+    }
+    text[i..].iter().position(|&b| b == b'_').map(|off| i + off)
+}
+
+/// `contains_ci(word, b"advisory") || contains_ci(word, b"set_config")` in
+/// one pass that compares whole windows only where the first two letters
+/// match (`| 0x20` lowercases a letter and maps no other byte onto one).
+fn names_advisory_or_set_config(word: &[u8]) -> bool {
+    const ADVISORY: &[u8] = b"advisory";
+    const SET_CONFIG: &[u8] = b"set_config";
+    let n = word.len();
+    (0..n.saturating_sub(ADVISORY.len() - 1)).any(|i| match (word[i] | 0x20, word[i + 1] | 0x20) {
+        (b'a', b'd') => word[i..i + ADVISORY.len()].eq_ignore_ascii_case(ADVISORY),
+        (b's', b'e') => {
+            n - i >= SET_CONFIG.len() && word[i..i + SET_CONFIG.len()].eq_ignore_ascii_case(SET_CONFIG)
+        }
+        _ => false,
+    })
 }
 
 /// Whether running `text` may leave session state behind that no command
@@ -284,8 +318,7 @@ pub fn may_leave_session_state(text: &[u8]) -> bool {
     // Every query passes here: dispatch on the first letter (words start
     // with an ASCII letter) and on length, so most words cost a compare.
     any_word(text, |word, rest| {
-        (word.len() >= b"advisory".len()
-            && (contains_ci(word, b"advisory") || contains_ci(word, b"set_config")))
+        (word.len() >= b"advisory".len() && names_advisory_or_set_config(word))
             || match word[0] | 0x20 {
                 b't' => word_is(word, b"temp") || word_is(word, b"temporary"),
                 b'p' => starts_with_ci(word, b"pg_temp") || word_is(word, b"pg_settings"),
@@ -299,19 +332,22 @@ pub fn may_leave_session_state(text: &[u8]) -> bool {
 /// Whether `hit(word, rest)` holds for any word of `text` (quotes and
 /// comments included), `rest` being the text after the word.
 fn any_word(text: &[u8], hit: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+    // A word is a run of identifier bytes that starts with a letter: a run
+    // that starts with a digit, `_` or `$` holds no word, since every byte
+    // after its first follows an identifier byte.
     let n = text.len();
     let mut i = 0;
     while i < n {
-        let starts_word = text[i].is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
-        if !starts_word {
+        if !is_ident(text[i]) {
             i += 1;
             continue;
         }
         let start = i;
+        i += 1;
         while i < n && is_ident(text[i]) {
             i += 1;
         }
-        if hit(&text[start..i], &text[i..]) {
+        if text[start].is_ascii_alphabetic() && hit(&text[start..i], &text[i..]) {
             return true;
         }
     }
@@ -803,6 +839,28 @@ mod tests {
             proptest::prop_assert_eq!(mentions_reserved_name(&text), plain_mentions_reserved_name(&text));
             proptest::prop_assert_eq!(sql_prepared(&text), plain_sql_prepared(&text));
         }
+
+        /// `any_word` (which `may_change_role` and `may_leave_session_state`
+        /// rest on) visits exactly the words, and the rests, that the plain
+        /// version does, on any bytes.
+        #[test]
+        fn any_word_visits_what_the_plain_version_visits(
+            tokens in proptest::collection::vec(0..SCAN_TOKENS.len(), 0..24),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..16),
+        ) {
+            let mut text: Vec<u8> = tokens.iter().flat_map(|&i| SCAN_TOKENS[i].as_bytes().iter().copied()).collect();
+            text.extend_from_slice(&noise);
+            type Walk = fn(&[u8], &dyn Fn(&[u8], &[u8]) -> bool) -> bool;
+            let visits = |walk: Walk| {
+                let seen = std::cell::RefCell::new(Vec::new());
+                walk(&text, &|word, rest| {
+                    seen.borrow_mut().push((word.to_vec(), rest.len()));
+                    false
+                });
+                seen.into_inner()
+            };
+            proptest::prop_assert_eq!(visits(|t, f| any_word(t, f)), visits(|t, f| plain_any_word(t, f)));
+        }
     }
 
     const SCAN_TOKENS: &[&str] = &[
@@ -857,6 +915,11 @@ mod tests {
         "set_config",
         "SET_CONFIG",
         "config",
+        "advisor",
+        "ad",
+        "set_confi",
+        "se",
+        "abalance",
         "do",
         "DO",
         "d",
@@ -870,8 +933,30 @@ mod tests {
         "pgbench_accounts",
     ];
 
+    /// `any_word` as first written: a word starts at a letter that does not
+    /// follow an identifier byte.
+    fn plain_any_word(text: &[u8], hit: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+        let n = text.len();
+        let mut i = 0;
+        while i < n {
+            let starts_word = text[i].is_ascii_alphabetic() && (i == 0 || !is_ident(text[i - 1]));
+            if !starts_word {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && is_ident(text[i]) {
+                i += 1;
+            }
+            if hit(&text[start..i], &text[i..]) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn plain_may_leave_session_state(text: &[u8]) -> bool {
-        any_word(text, |word, rest| {
+        plain_any_word(text, |word, rest| {
             word_is(word, b"temp")
                 || word_is(word, b"temporary")
                 || starts_with_ci(word, b"pg_temp")
