@@ -32,7 +32,10 @@
 //! ```
 //!
 //! It prints `relay listening on ADDR` on stderr once it accepts, and runs
-//! until killed.
+//! until killed. It is a measuring tool for request/response traffic such as
+//! pgbench's, not a proxy: the io-uring modes do not throttle receives when
+//! a peer stops reading (such a peer can hold every ring buffer, and the
+//! others then retry on ENOBUFS).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -232,7 +235,9 @@ mod uring {
     struct BufRing {
         entries: *mut BufRingEntry,
         tail: u16,
-        memory: Vec<u8>,
+        /// The buffers' memory, leaked: the kernel writes into it for the
+        /// life of the process, so Rust never holds a reference to it.
+        base: *mut u8,
     }
 
     impl BufRing {
@@ -251,7 +256,8 @@ mod uring {
             // SAFETY: entries is page-aligned, zeroed and BUF_COUNT long.
             unsafe { ring.submitter().register_buf_ring(entries as u64, BUF_COUNT, BGID) }
                 .map_err(|e| format!("register_buf_ring (needs Linux 5.19+): {e}"))?;
-            let mut bufs = BufRing { entries, tail: 0, memory: vec![0; BUF_SIZE * BUF_COUNT as usize] };
+            let base = Box::leak(vec![0u8; BUF_SIZE * BUF_COUNT as usize].into_boxed_slice()).as_mut_ptr();
+            let mut bufs = BufRing { entries, tail: 0, base };
             for bid in 0..BUF_COUNT {
                 bufs.push(bid);
             }
@@ -260,7 +266,8 @@ mod uring {
         }
 
         fn ptr(&self, bid: u16) -> *const u8 {
-            self.memory[bid as usize * BUF_SIZE..].as_ptr()
+            // SAFETY: bid < BUF_COUNT, so the offset stays inside the buffers.
+            unsafe { self.base.add(bid as usize * BUF_SIZE) }
         }
 
         /// Gives buffer `bid` back to the kernel (visible after `publish`).
@@ -482,6 +489,13 @@ mod uring {
         fn received(&mut self, slot: usize, side: usize, result: i32, flags: u32) {
             let more = cqueue::more(flags);
             let peer = 1 - side;
+            if result <= 0 {
+                // A completion without data may still have taken a buffer.
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    self.bufs.push(bid);
+                    self.buffers_returned = true;
+                }
+            }
             if result > 0 {
                 let bid = cqueue::buffer_select(flags).expect("a multishot receive names its buffer");
                 let conn = self.conns[slot].as_mut().expect("live slot");
