@@ -236,9 +236,10 @@ async fn client_task(ctx: Rc<ShardCtx>, mut conn: ClientConn) {
     let peer = conn.peer;
     let started = Instant::now();
     log::info!("shard {}: client {peer} connected", ctx.id);
-    // Login (~9 KiB) and relay (~7 KiB) are large state machines: boxed,
-    // the spawned task stays small (spawning it unboxed copied both, about
-    // 31,000 instructions of memcpy per connection; boxing halves that).
+    // Login (~4 KiB) and relay (~5 KiB) are the large state machines:
+    // boxed, the spawned task stays small and does not carry both inline
+    // (login keeps its rare paths boxed where they are taken, so that it
+    // stays this size).
     match Box::pin(login::open(&ctx, &mut conn)).await {
         Ok(Opening::Login(session, server)) => {
             log::info!(
